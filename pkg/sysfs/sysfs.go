@@ -1,0 +1,370 @@
+// Package sysfs owns every read of /sys and /dev. A FS is bound to one root
+// directory at construction; every path it is given is relative to that root,
+// and no read can leave it: symlinks are resolved inside the root (by the
+// kernel's openat2 RESOLVE_BENEATH where available, by a careful user-space
+// walk otherwise), and a link that points outside is an error, never a read.
+package sysfs
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// ErrEscape is returned when a path or one of its symlinks leads outside the root.
+var ErrEscape = errors.New("path escapes the root")
+
+// FS reads files below one root directory.
+type FS struct {
+	root    string // absolute, cleaned, symlinks of the root itself resolved
+	rootFD  int
+	openat2 bool
+}
+
+// Option changes how a FS is built.
+type Option func(*options)
+
+type options struct{ noOpenat2 bool }
+
+// WithoutOpenat2 forces the user-space resolver. It exists for kernels or
+// seccomp profiles without openat2, and so tests can prove both resolvers
+// keep reads inside the root.
+func WithoutOpenat2() Option { return func(o *options) { o.noOpenat2 = true } }
+
+// New returns a FS rooted at root ("/sys" on a real host). The root must be an
+// existing directory. Close releases the directory handle.
+func New(root string, opts ...Option) (*FS, error) {
+	var o options
+	for _, f := range opts {
+		f(&o)
+	}
+	abs, err := filepath.Abs(root)
+	if err != nil {
+		return nil, fmt.Errorf("sysfs root %q: %w", root, err)
+	}
+	real, err := filepath.EvalSymlinks(abs)
+	if err != nil {
+		return nil, fmt.Errorf("sysfs root %q: %w", root, err)
+	}
+	fd, err := unix.Open(real, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("sysfs root %q: %w", root, &os.PathError{Op: "open", Path: real, Err: err})
+	}
+	f := &FS{root: real, rootFD: fd}
+	if !o.noOpenat2 {
+		f.openat2 = probeOpenat2(fd)
+	}
+	return f, nil
+}
+
+func probeOpenat2(dirfd int) bool {
+	fd, err := unix.Openat2(dirfd, ".", &unix.OpenHow{
+		Flags:   unix.O_PATH | unix.O_CLOEXEC,
+		Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+	})
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
+// Close releases the root handle.
+func (f *FS) Close() error {
+	if f.rootFD < 0 {
+		return nil
+	}
+	err := unix.Close(f.rootFD)
+	f.rootFD = -1
+	return err
+}
+
+// Root is the absolute directory this FS reads from.
+func (f *FS) Root() string { return f.root }
+
+// clean turns a caller's path ("/bus/pci", "bus/pci/", "class/net/x") into a
+// root-relative path without leading slash. "" and "/" mean the root.
+func clean(p string) string {
+	p = path.Clean("/" + p)
+	return strings.TrimPrefix(p, "/")
+}
+
+func (f *FS) pathErr(op, rel string, err error) error {
+	if errors.Is(err, unix.EXDEV) {
+		err = ErrEscape
+	}
+	return &os.PathError{Op: op, Path: filepath.Join(f.root, rel), Err: err}
+}
+
+// open opens rel beneath the root with flags, following symlinks that stay
+// inside the root. O_NOFOLLOW in flags refuses a symlink as the last element.
+func (f *FS) open(rel string, flags int) (int, error) {
+	rel = clean(rel)
+	if rel == "" {
+		rel = "."
+	}
+	if f.openat2 {
+		for {
+			fd, err := unix.Openat2(f.rootFD, rel, &unix.OpenHow{
+				Flags:   uint64(flags | unix.O_CLOEXEC),
+				Resolve: unix.RESOLVE_BENEATH | unix.RESOLVE_NO_MAGICLINKS,
+			})
+			if err == unix.EINTR || err == unix.EAGAIN {
+				continue
+			}
+			if err != nil {
+				return -1, err
+			}
+			return fd, nil
+		}
+	}
+	real, err := f.walk(rel, flags&unix.O_NOFOLLOW == 0)
+	if err != nil {
+		return -1, err
+	}
+	if real == "" {
+		real = "."
+	}
+	// Every element of real is a directory that is not a symlink, checked by
+	// walk; O_NOFOLLOW keeps a last element swapped for a link since then
+	// from being followed.
+	for {
+		fd, err := unix.Openat(f.rootFD, real, flags|unix.O_CLOEXEC|unix.O_NOFOLLOW, 0)
+		if err == unix.EINTR {
+			continue
+		}
+		return fd, err
+	}
+}
+
+// maxLinks bounds symlink expansion like the kernel's MAXSYMLINKS (40).
+const maxLinks = 40
+
+// walk resolves rel element by element, expanding symlinks inside the root,
+// and returns the resolved root-relative path. followLast says whether a
+// symlink as the last element is expanded.
+func (f *FS) walk(rel string, followLast bool) (string, error) {
+	todo := splitPath(rel)
+	var done []string
+	links := 0
+	for len(todo) > 0 {
+		elem := todo[0]
+		todo = todo[1:]
+		switch elem {
+		case "", ".":
+			continue
+		case "..":
+			if len(done) == 0 {
+				return "", ErrEscape
+			}
+			done = done[:len(done)-1]
+			continue
+		}
+		cur := strings.Join(append(done, elem), "/")
+		var st unix.Stat_t
+		if err := unix.Fstatat(f.rootFD, cur, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+			return "", err
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFLNK || (len(todo) == 0 && !followLast) {
+			done = append(done, elem)
+			continue
+		}
+		links++
+		if links > maxLinks {
+			return "", unix.ELOOP
+		}
+		target, err := readlinkat(f.rootFD, cur)
+		if err != nil {
+			return "", err
+		}
+		if strings.HasPrefix(target, "/") {
+			// An absolute link names the host's tree, never ours.
+			return "", ErrEscape
+		}
+		todo = append(splitPath(target), todo...)
+	}
+	return strings.Join(done, "/"), nil
+}
+
+func splitPath(p string) []string {
+	return strings.FieldsFunc(p, func(r rune) bool { return r == '/' })
+}
+
+func readlinkat(dirfd int, name string) (string, error) {
+	for size := 256; ; size *= 2 {
+		buf := make([]byte, size)
+		n, err := unix.Readlinkat(dirfd, name, buf)
+		if err != nil {
+			return "", err
+		}
+		if n < size {
+			return string(buf[:n]), nil
+		}
+	}
+}
+
+// ReadFile returns the contents of the file rel. A symlink as the last
+// element is followed only while it stays inside the root.
+func (f *FS) ReadFile(rel string) ([]byte, error) {
+	fd, err := f.open(rel, unix.O_RDONLY)
+	if err != nil {
+		return nil, f.pathErr("read", clean(rel), err)
+	}
+	defer unix.Close(fd)
+	// sysfs attributes are at most a page; one read usually suffices.
+	buf := make([]byte, 0, 512)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := unix.Read(fd, buf[len(buf):cap(buf)])
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, f.pathErr("read", clean(rel), err)
+		}
+		if n == 0 {
+			return buf, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+}
+
+// ReadString returns the file's contents with surrounding white space removed,
+// the way sysfs attributes ("0x15b3\n") are meant to be read.
+func (f *FS) ReadString(rel string) (string, error) {
+	b, err := f.ReadFile(rel)
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(string(b)), nil
+}
+
+// ReadInt parses a decimal attribute ("-1\n", "4092\n").
+func (f *FS) ReadInt(rel string) (int, error) {
+	s, err := f.ReadString(rel)
+	if err != nil {
+		return 0, err
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("%s: %w", filepath.Join(f.root, clean(rel)), err)
+	}
+	return v, nil
+}
+
+// ReadDir lists the directory rel (following links inside the root), sorted by name.
+func (f *FS) ReadDir(rel string) ([]fs.DirEntry, error) {
+	fd, err := f.open(rel, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, f.pathErr("readdir", clean(rel), err)
+	}
+	file := os.NewFile(uintptr(fd), filepath.Join(f.root, clean(rel)))
+	defer file.Close()
+	ents, err := file.ReadDir(-1)
+	if err != nil {
+		return nil, err
+	}
+	sortEntries(ents)
+	return ents, nil
+}
+
+// ReadNames lists the names in directory rel, sorted.
+func (f *FS) ReadNames(rel string) ([]string, error) {
+	ents, err := f.ReadDir(rel)
+	if err != nil {
+		return nil, err
+	}
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.Name()
+	}
+	return names, nil
+}
+
+// Readlink returns the target of the symlink rel, as written. The directory
+// holding the link is resolved inside the root; the target is not followed.
+func (f *FS) Readlink(rel string) (string, error) {
+	rel = clean(rel)
+	dir, base := path.Split(rel)
+	if base == "" {
+		return "", f.pathErr("readlink", rel, unix.EINVAL)
+	}
+	fd, err := f.open(dir, unix.O_PATH|unix.O_DIRECTORY)
+	if err != nil {
+		return "", f.pathErr("readlink", rel, err)
+	}
+	defer unix.Close(fd)
+	t, err := readlinkat(fd, base)
+	if err != nil {
+		return "", f.pathErr("readlink", rel, err)
+	}
+	return t, nil
+}
+
+// LinkBase returns the last element of the target of symlink rel, the way a
+// "driver" or "physfn" link is read (→ "mlx5_core", "0000:18:00.0").
+func (f *FS) LinkBase(rel string) (string, error) {
+	t, err := f.Readlink(rel)
+	if err != nil {
+		return "", err
+	}
+	return path.Base(t), nil
+}
+
+// Exists reports whether rel resolves to something inside the root. A
+// dangling link or an escaping one does not exist.
+func (f *FS) Exists(rel string) bool {
+	fd, err := f.open(rel, unix.O_PATH)
+	if err != nil {
+		return false
+	}
+	unix.Close(fd)
+	return true
+}
+
+// RealPath resolves every symlink in rel and returns the root-relative path
+// it names ("bus/pci/devices/0000:18:00.0" →
+// "devices/pci0000:15/0000:15:01.0/.../0000:18:00.0").
+func (f *FS) RealPath(rel string) (string, error) {
+	rel = clean(rel)
+	if f.openat2 {
+		fd, err := f.open(rel, unix.O_PATH)
+		if err != nil {
+			return "", f.pathErr("realpath", rel, err)
+		}
+		abs, err := os.Readlink("/proc/self/fd/" + strconv.Itoa(fd))
+		unix.Close(fd)
+		if err == nil {
+			if abs == f.root {
+				return "", nil
+			}
+			if r, ok := strings.CutPrefix(abs, f.root+"/"); ok {
+				return r, nil
+			}
+			if f.root == "/" && strings.HasPrefix(abs, "/") {
+				return abs[1:], nil
+			}
+		}
+		// /proc is unavailable or disagrees: fall through to the walk, which
+		// needs nothing but the root.
+	}
+	r, err := f.walk(rel, true)
+	if err != nil {
+		return "", f.pathErr("realpath", rel, err)
+	}
+	return r, nil
+}
+
+func sortEntries(ents []fs.DirEntry) {
+	slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
+}
