@@ -368,3 +368,49 @@ func (f *FS) RealPath(rel string) (string, error) {
 func sortEntries(ents []fs.DirEntry) {
 	slices.SortFunc(ents, func(a, b fs.DirEntry) int { return strings.Compare(a.Name(), b.Name()) })
 }
+
+// ReadLinks lists directory rel and returns, for each symlink in it, its
+// target joined onto rel and cleaned: the root-relative path the link names
+// lexically ("bus/pci/devices" → {"0000:18:00.0": "devices/pci0000:15/…"}).
+// One directory handle serves every link, which matters for directories of
+// thousands of devices. A target that climbs out of the root is left out
+// and reported in the returned error list, never followed.
+func (f *FS) ReadLinks(rel string) (links map[string]string, escaped []error, err error) {
+	rel = clean(rel)
+	name := rel
+	if name == "" {
+		name = "."
+	}
+	fd, err := f.open(name, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, nil, f.pathErr("readdir", rel, err)
+	}
+	file := os.NewFile(uintptr(fd), filepath.Join(f.root, rel))
+	defer file.Close()
+	ents, err := file.ReadDir(-1)
+	if err != nil {
+		return nil, nil, err
+	}
+	links = make(map[string]string, len(ents))
+	for _, e := range ents {
+		if e.Type()&fs.ModeSymlink == 0 {
+			continue
+		}
+		t, err := readlinkat(fd, e.Name())
+		if err != nil {
+			escaped = append(escaped, f.pathErr("readlink", path.Join(rel, e.Name()), err))
+			continue
+		}
+		if strings.HasPrefix(t, "/") {
+			escaped = append(escaped, f.pathErr("readlink", path.Join(rel, e.Name()), ErrEscape))
+			continue
+		}
+		j := path.Join(rel, t)
+		if j == ".." || strings.HasPrefix(j, "../") {
+			escaped = append(escaped, f.pathErr("readlink", path.Join(rel, e.Name()), ErrEscape))
+			continue
+		}
+		links[e.Name()] = j
+	}
+	return links, escaped, nil
+}

@@ -1,0 +1,427 @@
+package discovery
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"path"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/railnet/railnet/pkg/sysfs"
+)
+
+// Scanner reads an inventory from a sysfs root and, optionally, a devfs root.
+type Scanner struct {
+	sys     *sysfs.FS
+	dev     *sysfs.FS // nil: character devices are not checked
+	workers int
+}
+
+// NewScanner returns a scanner over sys (standing for /sys) and dev (standing
+// for /dev; may be nil).
+func NewScanner(sys, dev *sysfs.FS) *Scanner {
+	return &Scanner{sys: sys, dev: dev, workers: runtime.GOMAXPROCS(0)}
+}
+
+// vfDeviceIDs are VF device IDs, so a VF passed into a VM (no physfn link,
+// its PF on the hypervisor) is still recognised as a VF.
+var vfDeviceIDs = map[string]bool{
+	"0x15b3:0x1016": true, "0x15b3:0x1018": true, "0x15b3:0x101a": true, "0x15b3:0x101c": true,
+	"0x15b3:0x101e": true, "0x15b3:0x1022": true, // ConnectX-4 Lx .. ConnectX-8 VFs
+	"0x8086:0x154c": true, "0x8086:0x1889": true, "0x8086:0x10ed": true, "0x8086:0x1515": true, // iavf, ixgbevf
+}
+
+type warnings struct {
+	mu   sync.Mutex
+	list []Warning
+}
+
+func (w *warnings) add(p string, err error) {
+	w.mu.Lock()
+	w.list = append(w.list, Warning{Path: p, Msg: errMsg(err)})
+	w.mu.Unlock()
+}
+
+func errMsg(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Op + ": " + pe.Err.Error()
+	}
+	return err.Error()
+}
+
+// Scan reads the whole inventory. It fails only when the sysfs root has no
+// readable bus/pci/devices; everything else becomes a warning.
+func (s *Scanner) Scan() (*Inventory, error) {
+	links, escaped, err := s.sys.ReadLinks("bus/pci/devices")
+	if err != nil {
+		return nil, fmt.Errorf("list PCI devices: %w", err)
+	}
+	w := &warnings{}
+	for _, e := range escaped {
+		w.add(pathOf(e), e)
+	}
+	names := make([]string, 0, len(links))
+	for n := range links {
+		names = append(names, n)
+	}
+	slices.SortFunc(names, sysfs.CompareBDFStrings)
+
+	type result struct {
+		dev *PCIDevice
+		nic *NIC
+		gpu *GPU
+	}
+	results := make([]result, len(names))
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	for range max(1, s.workers) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				d, nic, gpu := s.readFunction(names[i], links[names[i]], w)
+				results[i] = result{d, nic, gpu}
+			}
+		}()
+	}
+	for i := range names {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+
+	inv := &Inventory{}
+	for _, r := range results {
+		if r.dev == nil {
+			continue
+		}
+		inv.PCI = append(inv.PCI, r.dev)
+		if r.nic != nil {
+			inv.NICs = append(inv.NICs, r.nic)
+		}
+		if r.gpu != nil {
+			inv.GPUs = append(inv.GPUs, r.gpu)
+		}
+	}
+	s.linkVFs(inv, w)
+	s.scanRDMA(inv, w)
+	for i, g := range inv.GPUs {
+		g.Index = i
+		g.Name = "GPU" + strconv.Itoa(i)
+		if s.dev != nil {
+			if node := "nvidia" + strconv.Itoa(i); s.dev.Exists(node) {
+				g.DevNode = "/dev/" + node
+			}
+		}
+	}
+	inv.NUMANodes = s.numaNodes(w)
+	slices.SortFunc(w.list, func(a, b Warning) int {
+		if c := strings.Compare(a.Path, b.Path); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Msg, b.Msg)
+	})
+	inv.Warnings = w.list
+	return inv, nil
+}
+
+func pathOf(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Path
+	}
+	return ""
+}
+
+// full names a root-relative path for a warning.
+func (s *Scanner) full(rel string) string { return path.Join(s.sys.Root(), rel) }
+
+// readFunction reads one PCI function. It returns a nil device only when
+// the function's directory cannot be found at all.
+func (s *Scanner) readFunction(bdf, real string, w *warnings) (*PCIDevice, *NIC, *GPU) {
+	link := "bus/pci/devices/" + bdf
+	if !sysfs.IsBDF(bdf) {
+		w.add(s.full(link), errors.New("not a PCI address; ignored"))
+		return nil, nil, nil
+	}
+	ents, err := s.sys.ReadNames(real)
+	if err != nil {
+		w.add(s.full(link), fmt.Errorf("dangling device link: %w", err))
+		return nil, nil, nil
+	}
+	have := make(map[string]bool, len(ents))
+	for _, e := range ents {
+		have[e] = true
+	}
+	d := &PCIDevice{BDF: bdf, Path: real, Ancestry: ancestry(real), NUMA: -1}
+	if len(d.Ancestry) == 0 || d.Ancestry[len(d.Ancestry)-1] != bdf {
+		w.add(s.full(link), fmt.Errorf("resolves to %s, which is not below a PCI host bridge", real))
+		d.Partial = true
+	}
+	attr := func(name string, dst *string) {
+		v, err := s.sys.ReadString(real + "/" + name)
+		if err != nil {
+			w.add(s.full(real+"/"+name), err)
+			d.Partial = true
+			return
+		}
+		*dst = strings.ToLower(v)
+	}
+	attr("vendor", &d.Vendor)
+	attr("device", &d.Device)
+	attr("class", &d.Class)
+	if have["subsystem_vendor"] {
+		attr("subsystem_vendor", &d.SubsystemVendor)
+		attr("subsystem_device", &d.SubsystemDevice)
+	}
+	if n, err := s.sys.ReadInt(real + "/numa_node"); err == nil {
+		d.NUMA = max(n, -1)
+	} else {
+		w.add(s.full(real+"/numa_node"), err)
+		d.Partial = true
+	}
+	if have["driver"] {
+		if drv, err := s.sys.LinkBase(real + "/driver"); err == nil {
+			d.Driver = drv
+		} else {
+			w.add(s.full(real+"/driver"), err)
+		}
+	}
+	switch {
+	case isGPU(d):
+		return d, nil, &GPU{PCIDevice: *d}
+	case isNIC(d, have):
+		return d, s.readNIC(d, have, w), nil
+	}
+	return d, nil, nil
+}
+
+// ancestry returns the elements of a device path from the host bridge
+// ("pci0000:15") to the device. Anything before the host bridge (platform
+// buses, VMBus on Hyper-V) is dropped. Nested host bridges (Intel VMD) stay
+// in the list as elements.
+func ancestry(real string) []string {
+	elems := strings.Split(real, "/")
+	for i, e := range elems {
+		if isHostBridge(e) {
+			return elems[i:]
+		}
+	}
+	return nil
+}
+
+// isHostBridge matches "pci<domain>:<bus>" directory names.
+func isHostBridge(e string) bool {
+	rest, ok := strings.CutPrefix(e, "pci")
+	if !ok {
+		return false
+	}
+	dom, bus, ok := strings.Cut(rest, ":")
+	return ok && len(dom) >= 4 && len(bus) == 2 && isHex(dom) && isHex(bus)
+}
+
+func isHex(s string) bool {
+	for _, c := range s {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return s != ""
+}
+
+func isGPU(d *PCIDevice) bool {
+	return d.Vendor == "0x10de" && (strings.HasPrefix(d.Class, "0x0300") || strings.HasPrefix(d.Class, "0x0302"))
+}
+
+// isNIC: class 0x02 (network controller), or any function with a netdev or
+// an RDMA device. Bridges never are, even with a NIC vendor's ID (the PCIe
+// switch inside a ConnectX-7 or BlueField).
+func isNIC(d *PCIDevice, have map[string]bool) bool {
+	if strings.HasPrefix(d.Class, "0x06") {
+		return false
+	}
+	return strings.HasPrefix(d.Class, "0x02") || have["net"] || have["infiniband"]
+}
+
+func (s *Scanner) readNIC(d *PCIDevice, have map[string]bool, w *warnings) *NIC {
+	n := &NIC{PCIDevice: *d, Kind: KindPF, VFIndex: -1}
+	real := d.Path
+	if have["sriov_totalvfs"] {
+		sr := &SRIOV{}
+		n.SRIOV = sr
+		intAttr := func(name string, dst *int) {
+			v, err := s.sys.ReadInt(real + "/" + name)
+			if err != nil {
+				w.add(s.full(real+"/"+name), err)
+				n.Partial = true
+				return
+			}
+			*dst = v
+		}
+		intAttr("sriov_totalvfs", &sr.TotalVFs)
+		intAttr("sriov_numvfs", &sr.NumVFs)
+		if have["sriov_offset"] {
+			intAttr("sriov_offset", &sr.Offset)
+			intAttr("sriov_stride", &sr.Stride)
+		}
+		if have["sriov_vf_device"] {
+			if v, err := s.sys.ReadString(real + "/sriov_vf_device"); err == nil {
+				// The kernel writes "%x" today; a proposed change writes "0x%04x".
+				v = strings.TrimPrefix(strings.ToLower(v), "0x")
+				sr.VFDevice = fmt.Sprintf("0x%04s", v)
+			}
+		}
+	}
+	if have["physfn"] {
+		n.Kind = KindVF
+		pf, err := s.sys.LinkBase(real + "/physfn")
+		if err != nil {
+			w.add(s.full(real+"/physfn"), err)
+			n.Partial = true
+		} else {
+			n.PF = pf
+			n.PFVisible = s.sys.Exists(real + "/physfn")
+			if !n.PFVisible {
+				w.add(s.full(real+"/physfn"), fmt.Errorf("PF %s is not present", pf))
+			}
+		}
+	} else if vfDeviceIDs[d.Vendor+":"+d.Device] && n.SRIOV == nil {
+		// A VF passed through to a VM: no physfn, its PF lives on the host.
+		n.Kind = KindVF
+	}
+	if have["net"] {
+		names, err := s.sys.ReadNames(real + "/net")
+		if err != nil {
+			w.add(s.full(real+"/net"), err)
+			n.Partial = true
+		}
+		for _, name := range names {
+			n.Netdevs = append(n.Netdevs, s.readNetdev(real+"/net/"+name, name, w))
+		}
+	}
+	for _, nd := range n.Netdevs {
+		switch nd.Type {
+		case 1:
+			n.LinkType = LinkEthernet
+		case 32:
+			n.LinkType = LinkInfiniBand
+		}
+	}
+	if have["infiniband"] {
+		names, err := s.sys.ReadNames(real + "/infiniband")
+		if err != nil {
+			w.add(s.full(real+"/infiniband"), err)
+			n.Partial = true
+		}
+		n.RDMA = names
+	}
+	return n
+}
+
+func (s *Scanner) readNetdev(dir, name string, w *warnings) Netdev {
+	nd := Netdev{Name: name}
+	str := func(attr string) string {
+		v, err := s.sys.ReadString(dir + "/" + attr)
+		if err != nil {
+			w.add(s.full(dir+"/"+attr), err)
+		}
+		return v
+	}
+	num := func(attr string) int {
+		v, err := s.sys.ReadInt(dir + "/" + attr)
+		if err != nil {
+			w.add(s.full(dir+"/"+attr), err)
+		}
+		return v
+	}
+	nd.MAC = str("address")
+	nd.MTU = num("mtu")
+	nd.OperState = str("operstate")
+	nd.Type = num("type")
+	nd.IfIndex = num("ifindex")
+	// Reading speed of a down link fails with EINVAL on real hardware.
+	if v, err := s.sys.ReadInt(dir + "/speed"); err == nil {
+		nd.SpeedMbps = v
+	} else {
+		nd.SpeedMbps = -1
+	}
+	return nd
+}
+
+// linkVFs fills each VF's index from its PF's virtfn<n> links, and each PF's
+// VF list.
+func (s *Scanner) linkVFs(inv *Inventory, w *warnings) {
+	byBDF := make(map[string]*NIC, len(inv.NICs))
+	for _, n := range inv.NICs {
+		byBDF[n.BDF] = n
+	}
+	for _, pf := range inv.NICs {
+		if pf.SRIOV == nil || pf.SRIOV.NumVFs == 0 {
+			continue
+		}
+		links, escaped, err := s.sys.ReadLinks(pf.Path)
+		if err != nil {
+			w.add(s.full(pf.Path), err)
+			continue
+		}
+		for _, e := range escaped {
+			w.add(pathOf(e), e)
+		}
+		vfs := make([]string, pf.SRIOV.NumVFs)
+		for name, target := range links {
+			idx, ok := strings.CutPrefix(name, "virtfn")
+			if !ok {
+				continue
+			}
+			i, err := strconv.Atoi(idx)
+			if err != nil || i < 0 || i >= len(vfs) {
+				w.add(s.full(pf.Path+"/"+name), fmt.Errorf("beyond sriov_numvfs %d", pf.SRIOV.NumVFs))
+				continue
+			}
+			bdf := path.Base(target)
+			vfs[i] = bdf
+			vf := byBDF[bdf]
+			if vf == nil {
+				w.add(s.full(pf.Path+"/"+name), fmt.Errorf("VF %s is not present", bdf))
+				continue
+			}
+			vf.Kind, vf.VFIndex, vf.PF, vf.PFVisible = KindVF, i, pf.BDF, true
+		}
+		for i, v := range vfs {
+			if v == "" {
+				w.add(s.full(pf.Path+"/virtfn"+strconv.Itoa(i)), errors.New("missing although sriov_numvfs counts it"))
+				pf.Partial = true
+			}
+		}
+		pf.SRIOV.VFs = vfs
+	}
+	for _, n := range inv.NICs {
+		if n.Kind == KindVF && n.LinkType == "" && n.PFVisible {
+			if pf := byBDF[n.PF]; pf != nil {
+				n.LinkType = pf.LinkType // a VF without a netdev shares its PF's link layer
+			}
+		}
+	}
+}
+
+func (s *Scanner) numaNodes(w *warnings) []int {
+	names, err := s.sys.ReadNames("devices/system/node")
+	if err != nil {
+		return nil // a kernel without NUMA support has no such directory
+	}
+	var out []int
+	for _, n := range names {
+		if id, ok := strings.CutPrefix(n, "node"); ok {
+			if v, err := strconv.Atoi(id); err == nil {
+				out = append(out, v)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
+}

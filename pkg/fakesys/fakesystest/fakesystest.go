@@ -1,0 +1,65 @@
+// Package fakesystest gives tests materialized fixture trees.
+package fakesystest
+
+import (
+	"os"
+	"path/filepath"
+	"runtime"
+	"testing"
+
+	"github.com/railnet/railnet/pkg/fakesys"
+)
+
+// FixtureDir is the repository's testdata/fixtures directory.
+func FixtureDir() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", "..", "testdata", "fixtures")
+}
+
+// Fixtures lists the fixture names (file names without .json).
+func Fixtures(tb testing.TB) []string {
+	tb.Helper()
+	m, err := filepath.Glob(filepath.Join(FixtureDir(), "*.json"))
+	if err != nil || len(m) == 0 {
+		tb.Fatalf("no fixtures in %s: %v", FixtureDir(), err)
+	}
+	out := make([]string, len(m))
+	for i, p := range m {
+		out[i] = filepath.Base(p[:len(p)-len(".json")])
+	}
+	return out
+}
+
+// Load reads a fixture by name.
+func Load(tb testing.TB, name string) *fakesys.Machine {
+	tb.Helper()
+	m, err := fakesys.Load(filepath.Join(FixtureDir(), name+".json"))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return m
+}
+
+// TempDir is a per-test directory, on tmpfs (/dev/shm) when there is one:
+// a vf-scale tree has ~80k entries, and tmpfs is what sysfs is like.
+func TempDir(tb testing.TB) string {
+	tb.Helper()
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		if d, err := os.MkdirTemp("/dev/shm", "railnet-test-"); err == nil {
+			tb.Cleanup(func() { os.RemoveAll(d) })
+			return d
+		}
+	}
+	return tb.TempDir()
+}
+
+// Build materializes a fixture by name and returns the machine and its tree.
+func Build(tb testing.TB, name string) (*fakesys.Machine, fakesys.Tree) {
+	tb.Helper()
+	m := Load(tb, name)
+	t, err := fakesys.Materialize(m, TempDir(tb))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return m, t
+}
