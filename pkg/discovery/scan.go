@@ -170,7 +170,13 @@ func (s *Scanner) readFunction(bdf, real string, w *warnings) (*PCIDevice, *NIC,
 			d.Partial = true
 			return
 		}
-		*dst = strings.ToLower(v)
+		v = strings.ToLower(v)
+		if !isHexID(v) {
+			w.add(s.full(real+"/"+name), fmt.Errorf("malformed value %q", v))
+			d.Partial = true
+			return
+		}
+		*dst = v
 	}
 	attr("vendor", &d.Vendor)
 	attr("device", &d.Device)
@@ -194,7 +200,11 @@ func (s *Scanner) readFunction(bdf, real string, w *warnings) (*PCIDevice, *NIC,
 	}
 	switch {
 	case isGPU(d):
-		return d, nil, &GPU{PCIDevice: *d}
+		g := &GPU{PCIDevice: *d}
+		if have["local_cpulist"] {
+			g.LocalCPUs, _ = s.sys.ReadString(real + "/local_cpulist")
+		}
+		return d, nil, g
 	case isNIC(d, have):
 		return d, s.readNIC(d, have, w), nil
 	}
@@ -223,6 +233,12 @@ func isHostBridge(e string) bool {
 	}
 	dom, bus, ok := strings.Cut(rest, ":")
 	return ok && len(dom) >= 4 && len(bus) == 2 && isHex(dom) && isHex(bus)
+}
+
+// isHexID matches "0x15b3", "0x020700": what PCI ID attributes hold.
+func isHexID(s string) bool {
+	h, ok := strings.CutPrefix(s, "0x")
+	return ok && len(h) <= 8 && isHex(h)
 }
 
 func isHex(s string) bool {

@@ -114,9 +114,10 @@ func (r *RDMADevice) Active() bool {
 // GPU is an NVIDIA GPU (vendor 0x10de, display class 0x0300 or 3D class 0x0302).
 type GPU struct {
 	PCIDevice
-	Index   int    `json:"index"` // nvidia-smi order: ascending BDF
-	Name    string `json:"name"`  // "GPU<index>"
-	DevNode string `json:"devNode,omitempty"`
+	Index     int    `json:"index"` // nvidia-smi order: ascending BDF
+	Name      string `json:"name"`  // "GPU<index>"
+	DevNode   string `json:"devNode,omitempty"`
+	LocalCPUs string `json:"localCpus,omitempty"` // local_cpulist: the CPU affinity nvidia-smi prints
 }
 
 // Warning is something discovery could not read or did not understand.

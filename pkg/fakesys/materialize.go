@@ -138,11 +138,15 @@ func (w *writer) link(rel, target string) {
 		w.fail(err)
 		return
 	}
-	r, err := filepath.Rel(filepath.Dir(p), filepath.Join(w.sys, target))
+	// The kernel climbs to the target's parent and names the target from
+	// there, so a link to an ancestor reads "../../../0000:18:00.0", not "../..".
+	full := filepath.Join(w.sys, target)
+	r, err := filepath.Rel(filepath.Dir(p), filepath.Dir(full))
 	if err != nil {
 		w.fail(err)
 		return
 	}
+	r = filepath.Join(r, filepath.Base(full))
 	if err := os.Symlink(r, p); err != nil && !errors.Is(err, os.ErrExist) {
 		w.fail(err)
 	}

@@ -211,10 +211,15 @@ func readlinkat(dirfd int, name string) (string, error) {
 	}
 }
 
+// maxFileSize bounds one read; sysfs attributes are at most a page, and a
+// copied tree may hold anything.
+const maxFileSize = 1 << 20
+
 // ReadFile returns the contents of the file rel. A symlink as the last
 // element is followed only while it stays inside the root.
 func (f *FS) ReadFile(rel string) ([]byte, error) {
-	fd, err := f.open(rel, unix.O_RDONLY)
+	// O_NONBLOCK: a FIFO planted in a copied tree must not hang a scan.
+	fd, err := f.open(rel, unix.O_RDONLY|unix.O_NONBLOCK)
 	if err != nil {
 		return nil, f.pathErr("read", clean(rel), err)
 	}
@@ -232,7 +237,10 @@ func (f *FS) ReadFile(rel string) ([]byte, error) {
 		if err != nil {
 			return nil, f.pathErr("read", clean(rel), err)
 		}
-		if n == 0 {
+		if n == 0 || len(buf)+n > maxFileSize {
+			if n > 0 {
+				return nil, f.pathErr("read", clean(rel), unix.EFBIG)
+			}
 			return buf, nil
 		}
 		buf = buf[:len(buf)+n]

@@ -103,7 +103,7 @@ type NIC struct {
 
 // Rail is a group of NICs that share the same closest GPU(s).
 type Rail struct {
-	Name  string   `json:"name"` // rail0, rail1, ... in order of their first GPU
+	Name  string   `json:"name"` // rail0, rail1, ... by class, then first GPU
 	GPUs  []string `json:"gpus"`
 	NICs  []string `json:"nics"`
 	Class Class    `json:"class"` // the class between these NICs and these GPUs
@@ -223,11 +223,12 @@ func (t *Topology) rails() []Rail {
 		gpuIndex[g.Name] = i
 	}
 	slices.SortStableFunc(order, func(a, b key) int {
+		// Closest rails first, so on a DGX rail<i> is GPU<i>'s own HCA.
 		ra, rb := groups[a], groups[b]
-		if d := gpuIndex[ra.GPUs[0]] - gpuIndex[rb.GPUs[0]]; d != 0 {
+		if d := int(ra.Class) - int(rb.Class); d != 0 {
 			return d
 		}
-		if d := int(ra.Class) - int(rb.Class); d != 0 {
+		if d := gpuIndex[ra.GPUs[0]] - gpuIndex[rb.GPUs[0]]; d != 0 {
 			return d
 		}
 		return len(ra.GPUs) - len(rb.GPUs)

@@ -122,3 +122,15 @@ func TestRails(t *testing.T) {
 		t.Errorf("rail0 = %+v, want GPU0/mlx5_0", topo.Rails[0])
 	}
 }
+
+func TestRailNamesFollowGPUs(t *testing.T) {
+	inv, _ := scan(t, "dgx-h100-like")
+	topo := topology.Build(inv)
+	want := []string{"mlx5_0", "mlx5_3", "mlx5_4", "mlx5_5", "mlx5_6", "mlx5_9", "mlx5_10", "mlx5_11"}
+	for i, nic := range want {
+		r := topo.Rails[i]
+		if r.Name != "rail"+string(rune('0'+i)) || r.GPUs[0] != "GPU"+string(rune('0'+i)) || r.NICs[0] != nic {
+			t.Errorf("rail %d = %+v, want GPU%d/%s", i, r, i, nic)
+		}
+	}
+}

@@ -1,0 +1,110 @@
+// Command railnetctl is the operator's CLI: node inventory, GPU↔NIC
+// topology, and mocked sysfs trees built from machine descriptions.
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+)
+
+const usage = `railnetctl: railnet's operator CLI
+
+Usage:
+  railnetctl inventory [--format table|json] [--summary]   every NIC/PF/VF/HCA/GPU of the node
+  railnetctl topology  [--format table|json|dot]           GPU↔NIC PCIe classes (as nvidia-smi topo -m), rails
+  railnetctl fakesys build FIXTURE DIR                     write a mocked DIR/sys and DIR/dev from a machine description
+  railnetctl fakesys check FIXTURE...                      validate machine descriptions
+  railnetctl snapshot [--output FILE]                      a tar.gz of the sysfs files railnet reads, for bug reports
+  railnetctl version
+
+Common flags (before or after the command):
+  --sysfs-root DIR   the directory that stands for /sys (default /sys)
+  --devfs-root DIR   the directory that stands for /dev (default /dev)
+`
+
+// version is set at build time (-ldflags "-X main.version=...").
+var version = "dev"
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// roots holds the common flags.
+type roots struct {
+	sys, dev string
+}
+
+func (r *roots) register(fs *flag.FlagSet) {
+	fs.StringVar(&r.sys, "sysfs-root", r.sys, "directory that stands for /sys")
+	fs.StringVar(&r.dev, "devfs-root", r.dev, "directory that stands for /dev")
+}
+
+// errUsage marks an error the user made on the command line (exit 2).
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	r := &roots{sys: "/sys", dev: "/dev"}
+	top := flag.NewFlagSet("railnetctl", flag.ContinueOnError)
+	top.SetOutput(io.Discard)
+	r.register(top)
+	if err := top.Parse(args); err != nil {
+		fmt.Fprintf(stderr, "railnetctl: %v\n\n%s", err, usage)
+		return 2
+	}
+	args = top.Args()
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch cmd, rest := args[0], args[1:]; cmd {
+	case "inventory":
+		err = cmdInventory(r, rest, stdout)
+	case "topology":
+		err = cmdTopology(r, rest, stdout)
+	case "fakesys":
+		err = cmdFakesys(rest, stdout)
+	case "snapshot":
+		err = cmdSnapshot(r, rest, stdout)
+	case "version", "--version":
+		fmt.Fprintf(stdout, "railnetctl %s\n", version)
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		err = fmt.Errorf("%w: unknown command %q", errUsage, cmd)
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "railnetctl: %v\n\n%s", err, usage)
+		return 2
+	}
+	fmt.Fprintf(stderr, "railnetctl: %v\n", err)
+	return 1
+}
+
+// parse parses a subcommand's flags, common flags included.
+func parse(name string, r *roots, args []string, define func(*flag.FlagSet)) (*flag.FlagSet, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	if r != nil {
+		r.register(fs)
+	}
+	if define != nil {
+		define(fs)
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w: %s: %v", errUsage, name, err)
+	}
+	return fs, nil
+}
