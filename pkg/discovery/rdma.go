@@ -7,89 +7,107 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/railnet/railnet/pkg/sysfs"
 )
 
-// scanRDMA reads /sys/class/infiniband, maps each device to its PCI function
-// (or none, for rxe/siw), its netdev and its character devices.
+// scanRDMA collects the RDMA devices read with their PCI functions, adds
+// the virtual ones of /sys/class/infiniband (rxe, siw), and checks their
+// character devices in devfs.
 func (s *Scanner) scanRDMA(inv *Inventory, w *warnings) {
-	links, escaped, err := s.sys.ReadLinks("class/infiniband")
-	if err != nil {
-		return // no RDMA subsystem
-	}
-	for _, e := range escaped {
-		w.add(pathOf(e), e)
-	}
-	nics := make(map[string]*NIC, len(inv.NICs))
 	for _, n := range inv.NICs {
-		nics[n.BDF] = n
+		inv.RDMA = append(inv.RDMA, n.rdma...)
 	}
-	verbs := s.charDevs("class/infiniband_verbs", w)
-	mads := s.charDevs("class/infiniband_mad", w)
-
-	names := make([]string, 0, len(links))
-	for n := range links {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	for _, name := range names {
-		real := links[name]
-		r := &RDMADevice{Name: name}
-		// ".../0000:18:00.0/infiniband/mlx5_0": the element before
-		// "infiniband" is the PCI function. Virtual devices live in
-		// devices/virtual/infiniband.
-		parent := path.Base(path.Dir(path.Dir(real)))
-		if path.Base(path.Dir(real)) != "infiniband" {
-			w.add(s.full("class/infiniband/"+name), fmt.Errorf("unexpected location %s", real))
-			r.Partial = true
-		} else if nic := nics[parent]; nic != nil {
-			r.PCI = parent
+	links, escaped, err := s.sys.ReadLinks("class/infiniband")
+	if err == nil {
+		for _, e := range escaped {
+			w.add(pathOf(e), e)
 		}
-		s.readRDMA(r, real, w)
-		if r.Netdev == "" && r.PCI != "" {
-			// IPoIB: the netdev of the same PCI function.
-			if nic := nics[r.PCI]; len(nic.Netdevs) == 1 {
-				r.Netdev = nic.Netdevs[0].Name
+		known := make(map[string]bool, len(inv.RDMA))
+		for _, r := range inv.RDMA {
+			known[r.Name] = true
+		}
+		var classChars map[string][]string
+		for name, real := range links {
+			if known[name] {
+				continue
 			}
-		}
-		if r.Netdev == "" && r.PCI == "" {
-			if p, err := s.sys.ReadString(real + "/parent"); err == nil {
+			r := &RDMADevice{Name: name}
+			if path.Base(path.Dir(real)) != "infiniband" {
+				w.add(s.full("class/infiniband/"+name), fmt.Errorf("unexpected location %s", real))
+				r.Partial = true
+			}
+			s.readRDMA(r, nil, "", real, w)
+			if p, err := s.sys.ReadString(real + "/parent"); err == nil && r.Netdev == "" {
 				r.Netdev = p // rxe: the netdev it is layered on
 			}
+			if classChars == nil {
+				classChars = s.classCharDevs(w)
+			}
+			r.CharDevs = classChars[name]
+			inv.RDMA = append(inv.RDMA, r)
 		}
-		for _, v := range verbs[name] {
-			r.CharDevs = append(r.CharDevs, s.devPath(v, w, r))
-		}
-		for _, v := range mads[name] {
-			r.CharDevs = append(r.CharDevs, s.devPath(v, w, r))
-		}
-		if len(verbs[name]) == 0 {
-			w.add(s.full("class/infiniband_verbs"), fmt.Errorf("no uverbs device for %s", name))
-			r.Partial = true
-		}
-		inv.RDMA = append(inv.RDMA, r)
 	}
-	if s.dev != nil && len(inv.RDMA) > 0 {
-		if s.dev.Exists("infiniband/rdma_cm") {
+	slices.SortFunc(inv.RDMA, func(a, b *RDMADevice) int { return NaturalCompare(a.Name, b.Name) })
+	if len(inv.RDMA) == 0 {
+		return
+	}
+	var devNames map[string]bool // entries of <devfs>/infiniband
+	if s.dev != nil {
+		devNames = map[string]bool{}
+		names, _ := s.dev.ReadNames("infiniband")
+		for _, n := range names {
+			devNames[n] = true
+		}
+		if devNames["rdma_cm"] {
 			inv.RDMACM = "/dev/infiniband/rdma_cm"
 		} else {
 			w.add(path.Join(s.dev.Root(), "infiniband/rdma_cm"), errors.New("missing"))
 		}
 	}
+	for _, r := range inv.RDMA {
+		slices.SortFunc(r.CharDevs, compareNumbered)
+		if !slices.ContainsFunc(r.CharDevs, func(c string) bool { return strings.HasPrefix(c, "uverbs") }) {
+			w.add(s.full("class/infiniband_verbs"), fmt.Errorf("no uverbs device for %s", r.Name))
+			r.Partial = true
+		}
+		for i, c := range r.CharDevs {
+			if devNames != nil && !devNames[c] {
+				w.add(path.Join(s.dev.Root(), "infiniband", c), errors.New("character device missing"))
+				r.Partial = true
+			}
+			r.CharDevs[i] = "/dev/infiniband/" + c
+		}
+	}
 }
 
-func (s *Scanner) readRDMA(r *RDMADevice, real string, w *warnings) {
+// readRDMA reads an RDMA device's attributes from sub, a path below parent
+// (an open PCI function directory), or below the root when parent is nil.
+func (s *Scanner) readRDMA(r *RDMADevice, parent *sysfs.Dir, parentReal, sub string, w *warnings) {
+	var dir *sysfs.Dir
+	var err error
+	real := path.Join(parentReal, sub)
+	if parent != nil {
+		dir, err = parent.OpenDir(sub)
+	} else {
+		dir, err = s.sys.OpenDir(sub)
+	}
+	if err != nil {
+		w.add(s.full(real), err)
+		r.Partial = true
+		return
+	}
+	defer dir.Close()
 	str := func(attr string) string {
-		v, err := s.sys.ReadString(real + "/" + attr)
+		v, err := dir.ReadString(attr)
 		if err != nil {
 			w.add(s.full(real+"/"+attr), err)
 			r.Partial = true
 		}
 		return v
 	}
-	r.NodeType = str("node_type")
 	r.NodeGUID = str("node_guid")
-	r.SysImageGUID = str("sys_image_guid")
-	ports, err := s.sys.ReadNames(real + "/ports")
+	ports, err := dir.ReadNames("ports")
 	if err != nil {
 		w.add(s.full(real+"/ports"), err)
 		r.Partial = true
@@ -100,20 +118,20 @@ func (s *Scanner) readRDMA(r *RDMADevice, real string, w *warnings) {
 		if err != nil {
 			continue
 		}
-		pd := real + "/ports/" + p
-		port := RDMAPort{Port: num, LinkLayer: str("ports/" + p + "/link_layer")}
-		port.State = stateWord(str("ports/" + p + "/state"))
-		if v, err := s.sys.ReadString(pd + "/phys_state"); err == nil {
+		pd := "ports/" + p
+		port := RDMAPort{Port: num, LinkLayer: str(pd + "/link_layer")}
+		port.State = stateWord(str(pd + "/state"))
+		if v, err := dir.ReadString(pd + "/phys_state"); err == nil {
 			port.PhysState = stateWord(v)
 		}
-		if v, err := s.sys.ReadString(pd + "/gids/0"); err == nil {
+		if v, err := dir.ReadString(pd + "/gids/0"); err == nil {
 			port.GID0 = v
 			if port.LinkLayer == "InfiniBand" && len(v) == 39 {
 				port.PortGUID = v[20:]
 			}
 		}
 		if r.Netdev == "" && port.LinkLayer == "Ethernet" {
-			if v, err := s.sys.ReadString(pd + "/gid_attrs/ndevs/0"); err == nil {
+			if v, err := dir.ReadString(pd + "/gid_attrs/ndevs/0"); err == nil {
 				r.Netdev = v
 			}
 		}
@@ -130,37 +148,51 @@ func stateWord(v string) string {
 	return v
 }
 
-// charDevs maps RDMA device names to the entries of a class directory
-// (uverbsN, umadN, issmN) whose ibdev names them, sorted by entry.
-func (s *Scanner) charDevs(class string, w *warnings) map[string][]string {
+// classCharDevs maps RDMA device names to the uverbsN/umadN/issmN entries of
+// the class directories whose ibdev names them. Only devices without a PCI
+// parent (rxe, siw) need it; PCI devices' entries are read below the function.
+func (s *Scanner) classCharDevs(w *warnings) map[string][]string {
 	out := map[string][]string{}
-	names, err := s.sys.ReadNames(class)
-	if err != nil {
-		return out
-	}
-	for _, n := range names {
-		if n == "abi_version" {
-			continue
-		}
-		ib, err := s.sys.ReadString(class + "/" + n + "/ibdev")
+	for _, class := range []string{"class/infiniband_verbs", "class/infiniband_mad"} {
+		names, err := s.sys.ReadNames(class)
 		if err != nil {
-			w.add(s.full(class+"/"+n+"/ibdev"), err)
 			continue
 		}
-		out[ib] = append(out[ib], n)
-	}
-	for k := range out {
-		slices.SortFunc(out[k], compareNumbered)
+		for _, n := range names {
+			if n == "abi_version" {
+				continue
+			}
+			ib, err := s.sys.ReadString(class + "/" + n + "/ibdev")
+			if err != nil {
+				w.add(s.full(class+"/"+n+"/ibdev"), err)
+				continue
+			}
+			out[ib] = append(out[ib], n)
+		}
 	}
 	return out
 }
 
-// compareNumbered orders "uverbs2" before "uverbs10", and umad before issm.
+// NaturalCompare orders names with a numeric suffix by prefix, then number:
+// mlx5_2 before mlx5_10.
+func NaturalCompare(a, b string) int {
+	pa, na := splitNum(a)
+	pb, nb := splitNum(b)
+	if c := strings.Compare(pa, pb); c != 0 {
+		return c
+	}
+	if na != nb {
+		return na - nb
+	}
+	return strings.Compare(a, b)
+}
+
+// compareNumbered orders character devices uverbs, umad, issm (reverse
+// alphabetical prefixes), each by number: "uverbs2" before "uverbs10".
 func compareNumbered(a, b string) int {
 	pa, na := splitNum(a)
 	pb, nb := splitNum(b)
 	if pa != pb {
-		// umad then issm, as a port's pair is listed.
 		return -strings.Compare(pa, pb)
 	}
 	return na - nb
@@ -173,15 +205,4 @@ func splitNum(s string) (string, int) {
 	}
 	n, _ := strconv.Atoi(s[i:])
 	return s[:i], n
-}
-
-// devPath is the container path of a character device; with a devfs root,
-// a missing node is a warning.
-func (s *Scanner) devPath(name string, w *warnings, r *RDMADevice) string {
-	p := "infiniband/" + name
-	if s.dev != nil && !s.dev.Exists(p) {
-		w.add(path.Join(s.dev.Root(), p), errors.New("character device missing"))
-		r.Partial = true
-	}
-	return "/dev/" + p
 }

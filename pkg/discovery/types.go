@@ -52,6 +52,8 @@ type NIC struct {
 	SRIOV     *SRIOV   `json:"sriov,omitempty"`     // PF with SR-IOV capability
 	Netdevs   []Netdev `json:"netdevs,omitempty"`
 	RDMA      []string `json:"rdma,omitempty"` // names of the RDMA devices on this function
+
+	rdma []*RDMADevice // read with the function; collected by scanRDMA
 }
 
 // SRIOV is a PF's SR-IOV state.
@@ -77,15 +79,13 @@ type Netdev struct {
 
 // RDMADevice is an entry of /sys/class/infiniband.
 type RDMADevice struct {
-	Name         string     `json:"name"`
-	PCI          string     `json:"pci,omitempty"` // BDF; empty for a virtual device (rxe, siw)
-	NodeType     string     `json:"nodeType,omitempty"`
-	NodeGUID     string     `json:"nodeGuid,omitempty"`
-	SysImageGUID string     `json:"sysImageGuid,omitempty"`
-	Netdev       string     `json:"netdev,omitempty"`
-	Ports        []RDMAPort `json:"ports,omitempty"`
-	CharDevs     []string   `json:"charDevs,omitempty"` // container paths: /dev/infiniband/uverbs0, umad0, issm0
-	Partial      bool       `json:"partial,omitempty"`
+	Name     string     `json:"name"`
+	PCI      string     `json:"pci,omitempty"` // BDF; empty for a virtual device (rxe, siw)
+	NodeGUID string     `json:"nodeGuid,omitempty"`
+	Netdev   string     `json:"netdev,omitempty"`
+	Ports    []RDMAPort `json:"ports,omitempty"`
+	CharDevs []string   `json:"charDevs,omitempty"` // container paths: /dev/infiniband/uverbs0, umad0, issm0
+	Partial  bool       `json:"partial,omitempty"`
 }
 
 // RDMAPort is one port of an RDMA device.

@@ -1,0 +1,46 @@
+package discovery_test
+
+import (
+	"testing"
+
+	"github.com/railnet/railnet/pkg/discovery"
+	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
+	"github.com/railnet/railnet/pkg/sysfs"
+	"github.com/railnet/railnet/pkg/topology"
+)
+
+// BenchmarkScanVFScale is a full discovery plus topology of vf-scale.json:
+// 8 GPUs, 8 PFs x 127 VFs, 1,024 netdevs and RDMA devices.
+func BenchmarkScanVFScale(b *testing.B) {
+	for _, mode := range []struct {
+		name string
+		opts []sysfs.Option
+	}{{"openat2", nil}, {"walk", []sysfs.Option{sysfs.WithoutOpenat2()}}} {
+		b.Run(mode.name, func(b *testing.B) {
+			_, tree := fakesystest.Build(b, "vf-scale")
+			sys, err := sysfs.New(tree.Sys, mode.opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer sys.Close()
+			dev, err := sysfs.New(tree.Dev, mode.opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer dev.Close()
+			s := discovery.NewScanner(sys, dev)
+			b.ReportAllocs()
+			b.ResetTimer()
+			for b.Loop() {
+				inv, err := s.Scan()
+				if err != nil {
+					b.Fatal(err)
+				}
+				topo := topology.Build(inv)
+				if len(inv.NICs) != 1024 || len(topo.GPUs) != 8 || len(inv.Warnings) != 0 {
+					b.Fatalf("scan found %d NICs, %d GPUs, %d warnings", len(inv.NICs), len(topo.GPUs), len(inv.Warnings))
+				}
+			}
+		})
+	}
+}
