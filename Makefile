@@ -36,9 +36,9 @@ unit: build
 	TMPDIR=$(TESTTMP) $(GO) test -count=1 -race ./...
 
 fuzz-short:
-	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParseBDF$$' -fuzztime=$(FUZZTIME) ./pkg/sysfs
-	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) ./pkg/fakesys
-	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzExpandPattern$$' -fuzztime=$(FUZZTIME) ./pkg/fakesys
+	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParseBDF$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/sysfs
+	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/fakesys
+	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzExpandPattern$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/fakesys
 
 bench:
 	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -bench=. -benchmem -count=1 ./...

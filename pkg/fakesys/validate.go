@@ -174,8 +174,8 @@ func (m *Machine) Validate() error {
 			}
 		case "nic":
 			validateNIC(n, who, bad, unique)
-			if n.SRIOV != nil {
-				s := n.SRIOV
+			if s := n.SRIOV; s != nil && s.TotalVFs > 0 && s.TotalVFs <= 0xffff && s.VFOffset >= 1 &&
+				s.VFOffset <= 0xffff && s.VFStride >= 1 && s.VFStride <= 0xffff {
 				pf := b
 				for i := 0; i < s.TotalVFs; i++ {
 					rid := int(pf.RID()) + s.VFOffset + i*s.VFStride
@@ -188,7 +188,7 @@ func (m *Machine) Validate() error {
 						bad("%s: sriov: VF %d (%s) lies outside the parent's bus range", who, i, vf)
 						break
 					}
-					claim(vf.String(), fmt.Sprintf("%s VF %d", who, i))
+					claim(vf.String(), who+" VF "+strconv.Itoa(i))
 				}
 			}
 		default:
@@ -302,15 +302,16 @@ func validateNIC(n *Node, who string, bad func(string, ...any), unique func(kind
 	if s == nil {
 		return
 	}
-	if s.TotalVFs <= 0 || s.NumVFs < 0 || s.NumVFs > s.TotalVFs {
-		bad("%s: sriov.numVfs/totalVfs: want 0 <= numVfs <= totalVfs, totalVfs > 0", who)
+	// TotalVFs is a 16-bit field of the SR-IOV capability.
+	if s.TotalVFs <= 0 || s.TotalVFs > 0xffff || s.NumVFs < 0 || s.NumVFs > s.TotalVFs {
+		bad("%s: sriov.numVfs/totalVfs: want 0 <= numVfs <= totalVfs, 0 < totalVfs <= 65535", who)
 		return
 	}
 	if !reID.MatchString(s.VFDevice) {
 		bad("%s: sriov.vfDevice: %q, want 0x + 4 hex digits", who, s.VFDevice)
 	}
-	if s.VFOffset < 1 || s.VFStride < 1 {
-		bad("%s: sriov.vfOffset/vfStride: want >= 1", who)
+	if s.VFOffset < 1 || s.VFStride < 1 || s.VFOffset > 0xffff || s.VFStride > 0xffff {
+		bad("%s: sriov.vfOffset/vfStride: want 1-65535", who)
 		return
 	}
 	if s.NumVFs > 0 && s.VFDriver == "" {
@@ -390,6 +391,10 @@ func (m *Machine) checkExpectedInventory() error {
 	return nil
 }
 
+// maxCPUs bounds a cpulist (the kernel's NR_CPUS tops out at 8192; a
+// fixture may not make the loader allocate without limit).
+const maxCPUs = 1 << 14
+
 // ParseCPUList parses the kernel cpulist format ("0-55,112-167").
 func ParseCPUList(s string) ([]int, error) {
 	var out []int
@@ -408,8 +413,8 @@ func ParseCPUList(s string) ([]int, error) {
 				return nil, fmt.Errorf("cpulist %q: bad range %q", s, part)
 			}
 		}
-		if b-a > 1<<16 {
-			return nil, fmt.Errorf("cpulist %q: range %q too large", s, part)
+		if b >= maxCPUs || len(out)+b-a >= maxCPUs {
+			return nil, fmt.Errorf("cpulist %q: more than %d CPUs", s, maxCPUs)
 		}
 		for c := a; c <= b; c++ {
 			out = append(out, c)

@@ -169,6 +169,7 @@ func (t *Topology) WriteDOT(w io.Writer) error {
 	slices.Sort(numas)
 	for _, n := range numas {
 		fmt.Fprintf(&b, "  subgraph \"cluster_numa%d\" {\n    label=\"NUMA %s\"; style=rounded; color=gray70;\n", n, numaString(n))
+		slices.Sort(hostByNUMA[n])
 		for _, h := range hostByNUMA[n] {
 			fmt.Fprintf(&b, "    %q [label=%q, shape=hexagon, style=filled, fillcolor=lightyellow];\n", h, h)
 		}
