@@ -38,7 +38,7 @@ func BenchmarkScanVFScale(b *testing.B) {
 				}
 				topo := topology.Build(inv)
 				if len(inv.NICs) != 1024 || len(topo.GPUs) != 8 || len(inv.Warnings) != 0 {
-					b.Fatalf("scan found %d NICs, %d GPUs, %d warnings", len(inv.NICs), len(topo.GPUs), len(inv.Warnings))
+					b.Fatalf("scan found %d NICs, %d GPUs, warnings %v", len(inv.NICs), len(topo.GPUs), inv.Warnings)
 				}
 			}
 		})

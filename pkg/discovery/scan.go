@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/railnet/railnet/pkg/sysfs"
 )
@@ -76,23 +77,26 @@ func (s *Scanner) Scan() (*Inventory, error) {
 		nic *NIC
 		gpu *GPU
 	}
+	// Reading a function is a few dozen syscalls; workers take the next
+	// index from a counter rather than a channel, so no goroutine hand-off
+	// sits between two functions.
 	results := make([]result, len(names))
-	jobs := make(chan int)
+	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range max(1, s.workers) {
+	for range min(max(1, s.workers), len(names)) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := range jobs {
+			for {
+				i := int(next.Add(1) - 1)
+				if i >= len(names) {
+					return
+				}
 				d, nic, gpu := s.readFunction(names[i], links[names[i]], w)
 				results[i] = result{d, nic, gpu}
 			}
 		}()
 	}
-	for i := range names {
-		jobs <- i
-	}
-	close(jobs)
 	wg.Wait()
 
 	inv := &Inventory{}

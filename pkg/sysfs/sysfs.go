@@ -335,21 +335,10 @@ func getdents(fd int) ([]Dirent, error) {
 			}
 			b = b[reclen:]
 		}
-		// A file system fills the buffer while entries remain (kernfs,
-		// tmpfs, ext4 all stop only when the next entry does not fit), so
-		// room left for the largest entry means the directory is done:
-		// one getdents64 instead of two for every small directory.
-		if len(buf)-n >= maxDirent {
-			break
-		}
 	}
 	slices.SortFunc(out, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
 	return out, nil
 }
-
-// maxDirent is the largest linux_dirent64: 19 bytes of header, a 255-byte
-// name, its NUL, 8-byte alignment.
-const maxDirent = 280
 
 func indexByte(b []byte, c byte) int {
 	for i, x := range b {
