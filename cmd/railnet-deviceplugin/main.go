@@ -1,0 +1,177 @@
+// Command railnet-deviceplugin is the node DaemonSet: it discovers NICs,
+// RDMA devices and GPUs from sysfs and advertises topology-aware sriov and
+// rdma pools to the kubelet.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
+
+	"github.com/railnet/railnet/pkg/agent"
+	"github.com/railnet/railnet/pkg/deviceinfo"
+	"github.com/railnet/railnet/pkg/deviceplugin"
+	"github.com/railnet/railnet/pkg/sysfs"
+)
+
+var version = "dev"
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	reload := make(chan struct{}, 1)
+	go func() {
+		for range hup {
+			select {
+			case reload <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	os.Exit(run(ctx, os.Args[1:], os.Stderr, reload))
+}
+
+type flags struct {
+	config, sys, dev, kubeletDir, devinfoDir, metricsAddr, installCNIDir, cniBinary, logLevel string
+	cdi, netlinkEvents                                                                        bool
+	rescan                                                                                    time.Duration
+}
+
+func parseFlags(args []string, stderr io.Writer) (*flags, error) {
+	f := &flags{}
+	fs := flag.NewFlagSet("railnet-deviceplugin", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	self, _ := os.Executable()
+	fs.StringVar(&f.config, "config", "/etc/railnet/config.yaml", "pool configuration (JSON or YAML)")
+	fs.StringVar(&f.sys, "sysfs-root", "/sys", "directory that stands for /sys")
+	fs.StringVar(&f.dev, "devfs-root", "/dev", "directory that stands for /dev")
+	fs.StringVar(&f.kubeletDir, "kubelet-dir", "/var/lib/kubelet/device-plugins", "kubelet device plugin directory")
+	fs.StringVar(&f.devinfoDir, "devinfo-dir", deviceinfo.DefaultDir, "device-info files directory")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "serve Prometheus metrics on this address (e.g. :9110); empty: off")
+	fs.StringVar(&f.installCNIDir, "install-cni-dir", "", "install the railnet CNI binary into this directory (e.g. /opt/cni/bin)")
+	fs.StringVar(&f.cniBinary, "cni-binary", filepath.Join(filepath.Dir(self), "railnet"), "the CNI binary that --install-cni-dir installs")
+	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.BoolVar(&f.cdi, "cdi", false, "return CDI device names from Allocate")
+	fs.BoolVar(&f.netlinkEvents, "netlink-events", true, "rescan on netlink link events")
+	fs.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "periodic full rescan")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
+	}
+	if f.rescan < 100*time.Millisecond {
+		return nil, fmt.Errorf("--rescan-interval %v: at least 100ms", f.rescan)
+	}
+	return f, nil
+}
+
+func run(ctx context.Context, args []string, stderr io.Writer, reload <-chan struct{}) int {
+	f, err := parseFlags(args, stderr)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		fmt.Fprintf(stderr, "railnet-deviceplugin: %v\n", err)
+		return 2
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
+		fmt.Fprintf(stderr, "railnet-deviceplugin: --log-level: %v\n", err)
+		return 2
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	if err := serve(ctx, f, log, reload); err != nil {
+		log.Error("exiting", "err", err)
+		return 1
+	}
+	return 0
+}
+
+func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct{}) error {
+	log.Info("starting", "version", version, "sysfsRoot", f.sys, "devfsRoot", f.dev, "kubeletDir", f.kubeletDir, "config", f.config)
+	sys, err := sysfs.New(f.sys)
+	if err != nil {
+		return fmt.Errorf("--sysfs-root: %w", err)
+	}
+	defer sys.Close()
+	dev, err := sysfs.New(f.dev)
+	if err != nil {
+		return fmt.Errorf("--devfs-root: %w", err)
+	}
+	defer dev.Close()
+	metrics := deviceplugin.NewMetrics()
+	mgr := deviceplugin.NewManager(deviceplugin.Options{KubeletDir: f.kubeletDir, DevInfoDir: f.devinfoDir,
+		CDI: f.cdi, Logger: log, Metrics: metrics})
+	a, err := agent.New(agent.Options{ConfigPath: f.config, Sys: sys, Dev: dev, Manager: mgr, Metrics: metrics,
+		Logger: log, RescanInterval: f.rescan})
+	if err != nil {
+		return err
+	}
+	if f.installCNIDir != "" {
+		if err := agent.InstallCNI(f.cniBinary, f.installCNIDir); err != nil {
+			return err
+		}
+		log.Info("installed CNI binary", "dir", f.installCNIDir)
+	}
+	if f.metricsAddr != "" {
+		lis, err := net.Listen("tcp", f.metricsAddr)
+		if err != nil {
+			return fmt.Errorf("--metrics-addr: %w", err)
+		}
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(metrics.Registry, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "ok\n") })
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go srv.Serve(lis)
+		defer srv.Close()
+		log.Info("metrics", "addr", lis.Addr().String())
+	}
+	if f.netlinkEvents {
+		watchLinks(ctx, a, log)
+	}
+	mgrDone := make(chan error, 1)
+	mctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() { mgrDone <- mgr.Run(mctx) }()
+	err = a.Run(ctx, reload)
+	cancel()
+	if merr := <-mgrDone; err == nil {
+		err = merr
+	}
+	log.Info("stopped: sockets and device-info files removed")
+	return err
+}
+
+// watchLinks triggers a rescan on every link event (a PF going down, VFs
+// appearing after sriov_numvfs is raised); the agent coalesces bursts.
+func watchLinks(ctx context.Context, a *agent.Agent, log *slog.Logger) {
+	updates := make(chan netlink.LinkUpdate, 64)
+	err := netlink.LinkSubscribeWithOptions(updates, ctx.Done(), netlink.LinkSubscribeOptions{
+		ErrorCallback: func(err error) { log.Warn("netlink link events", "err", err) },
+	})
+	if err != nil {
+		log.Warn("netlink link events unavailable; periodic rescans only", "err", err)
+		return
+	}
+	go func() {
+		for range updates {
+			a.Trigger()
+		}
+	}()
+}

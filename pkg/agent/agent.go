@@ -1,0 +1,264 @@
+// Package agent is the node daemon's loop: discovery of sysfs, selection
+// of devices into pools, and the device plugin manager, driven by netlink
+// link events, a periodic rescan and config reloads.
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+
+	"github.com/railnet/railnet/pkg/deviceplugin"
+	"github.com/railnet/railnet/pkg/discovery"
+	"github.com/railnet/railnet/pkg/pools"
+	"github.com/railnet/railnet/pkg/sysfs"
+	"github.com/railnet/railnet/pkg/topology"
+)
+
+// Options configure an Agent.
+type Options struct {
+	ConfigPath     string
+	Sys, Dev       *sysfs.FS
+	Manager        *deviceplugin.Manager
+	Metrics        *deviceplugin.Metrics
+	Logger         *slog.Logger
+	RescanInterval time.Duration // periodic full rescan (default 30s)
+	MinInterval    time.Duration // rate limit between two rescans (default 1s)
+}
+
+// Agent keeps the manager's pools equal to what sysfs and the config say.
+type Agent struct {
+	o       Options
+	log     *slog.Logger
+	trigger chan struct{}
+
+	mu  sync.Mutex
+	cfg *pools.Config // the last good config
+}
+
+// New loads and checks the config against the current inventory; a config
+// that does not parse, or that puts a device in two pools, is an error.
+func New(o Options) (*Agent, error) {
+	if o.RescanInterval <= 0 {
+		o.RescanInterval = 30 * time.Second
+	}
+	if o.MinInterval <= 0 {
+		o.MinInterval = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{o: o, log: o.Logger, trigger: make(chan struct{}, 1)}
+	cfg, err := pools.Load(o.ConfigPath)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := a.resolve(cfg); err != nil {
+		return nil, err
+	}
+	a.cfg = cfg
+	return a, nil
+}
+
+// Config returns the config in force.
+func (a *Agent) Config() *pools.Config {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.cfg
+}
+
+// resolve scans and selects devices into the config's pools.
+func (a *Agent) resolve(cfg *pools.Config) ([]deviceplugin.Pool, error) {
+	start := time.Now()
+	inv, err := discovery.NewScanner(a.o.Sys, a.o.Dev).Scan()
+	if err != nil {
+		return nil, err
+	}
+	topo := topology.Build(inv)
+	resolved, warnings, err := pools.Resolve(cfg, inv, topo)
+	if a.o.Metrics != nil {
+		a.o.Metrics.ObserveScan(time.Since(start), len(inv.Warnings))
+	}
+	if err != nil {
+		return nil, err
+	}
+	for _, w := range warnings {
+		a.log.Warn(w)
+	}
+	for _, w := range inv.Warnings {
+		a.log.Debug("discovery", "path", w.Path, "msg", w.Msg)
+	}
+	return Convert(resolved), nil
+}
+
+// Convert turns selected pools into what the device plugin serves.
+func Convert(rs []pools.Resolved) []deviceplugin.Pool {
+	out := make([]deviceplugin.Pool, 0, len(rs))
+	for _, r := range rs {
+		p := deviceplugin.Pool{Name: r.Name, Resource: r.Resource, Kind: r.Kind, RDMACM: r.RDMACM}
+		for _, d := range r.Devices {
+			p.Devices = append(p.Devices, deviceplugin.Device{ID: d.ID, BDF: d.BDF, PF: d.PF, RDMA: d.RDMA,
+				CharDevs: d.CharDevs, NUMA: d.NUMA, Rail: d.Rail, Healthy: d.Health == pools.Healthy, Reason: d.Reason})
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// Rescan reads sysfs again and updates the served pools.
+func (a *Agent) Rescan() error {
+	p, err := a.resolve(a.Config())
+	if err != nil {
+		return fmt.Errorf("rescan: %w", err)
+	}
+	return a.o.Manager.Update(p)
+}
+
+// Reload reads the config file again. An invalid config is logged and
+// refused; the last good one keeps serving.
+func (a *Agent) Reload() error {
+	cfg, err := pools.Load(a.o.ConfigPath)
+	if err == nil {
+		var p []deviceplugin.Pool
+		if p, err = a.resolve(cfg); err == nil {
+			a.mu.Lock()
+			a.cfg = cfg
+			a.mu.Unlock()
+			a.log.Info("config reloaded", "path", a.o.ConfigPath)
+			return a.o.Manager.Update(p)
+		}
+	}
+	a.log.Error("config refused; the previous one keeps serving", "path", a.o.ConfigPath, "err", err)
+	return err
+}
+
+// Trigger asks for a rescan; bursts coalesce into one.
+func (a *Agent) Trigger() {
+	select {
+	case a.trigger <- struct{}{}:
+	default:
+	}
+}
+
+// Run serves the first scan, then rescans on triggers (rate-limited) and
+// periodically, and reloads the config when its file changes or reload
+// receives, until ctx ends.
+func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
+	if err := a.Rescan(); err != nil {
+		return err
+	}
+	cfgEvents, stopWatch := a.watchConfig()
+	defer stopWatch()
+	tick := time.NewTicker(a.o.RescanInterval)
+	defer tick.Stop()
+	last := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-reload:
+			a.Reload()
+		case <-cfgEvents:
+			a.Reload()
+		case <-tick.C:
+			a.rescanLogged()
+			last = time.Now()
+		case <-a.trigger:
+			// Rate limit: at most one rescan per MinInterval; later
+			// triggers in the window were coalesced into this one.
+			if wait := a.o.MinInterval - time.Since(last); wait > 0 {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-time.After(wait):
+				}
+			}
+			a.rescanLogged()
+			last = time.Now()
+		}
+	}
+}
+
+func (a *Agent) rescanLogged() {
+	if err := a.Rescan(); err != nil {
+		a.log.Error("rescan", "err", err)
+	}
+}
+
+// watchConfig reports changes of the config file. The directory is
+// watched: a ConfigMap volume swaps a ..data symlink rather than writing
+// the file.
+func (a *Agent) watchConfig() (<-chan struct{}, func()) {
+	out := make(chan struct{}, 1)
+	w, err := fsnotify.NewWatcher()
+	if err != nil {
+		a.log.Warn("config watch unavailable; SIGHUP still reloads", "err", err)
+		return out, func() {}
+	}
+	dir := filepath.Dir(a.o.ConfigPath)
+	if err := w.Add(dir); err != nil {
+		a.log.Warn("config watch unavailable; SIGHUP still reloads", "err", err)
+		w.Close()
+		return out, func() {}
+	}
+	base := filepath.Base(a.o.ConfigPath)
+	done := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-done:
+				return
+			case ev, ok := <-w.Events:
+				if !ok {
+					return
+				}
+				if b := filepath.Base(ev.Name); b == base || b == "..data" {
+					select {
+					case out <- struct{}{}:
+					default:
+					}
+				}
+			case _, ok := <-w.Errors:
+				if !ok {
+					return
+				}
+			}
+		}
+	}()
+	return out, func() { close(done); w.Close() }
+}
+
+// InstallCNI copies the CNI binary into dir atomically (0755).
+func InstallCNI(src, dir string) error {
+	in, err := os.ReadFile(src)
+	if err != nil {
+		return fmt.Errorf("install CNI: %w", err)
+	}
+	if len(in) == 0 {
+		return errors.New("install CNI: " + src + " is empty")
+	}
+	tmp, err := os.CreateTemp(dir, ".railnet-*")
+	if err != nil {
+		return fmt.Errorf("install CNI: %w", err)
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(in); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Chmod(0o755); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(dir, filepath.Base(src)))
+}

@@ -1,0 +1,441 @@
+package deviceplugin
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/railnet/railnet/pkg/deviceinfo"
+)
+
+// server serves one pool on its own socket.
+type server struct {
+	pluginapi.UnimplementedDevicePluginServer
+	m      *Manager
+	name   string
+	socket string
+	log    *slog.Logger
+
+	mu      sync.Mutex
+	pool    Pool
+	byID    map[string]*Device
+	changed chan struct{} // closed and replaced on every change
+	grpc    *grpc.Server
+	stop    chan struct{} // closed when the server is stopped for good
+
+	regMu      sync.Mutex
+	regCancel  context.CancelFunc
+	registered bool
+}
+
+func newServer(m *Manager, p Pool) *server {
+	s := &server{m: m, name: p.Name, socket: filepath.Join(m.opts.KubeletDir, socketName(p.Name)),
+		log: m.log.With("pool", p.Name, "resource", p.Resource), changed: make(chan struct{}), stop: make(chan struct{})}
+	s.setPool(p)
+	return s
+}
+
+// setPool replaces the device list and wakes every ListAndWatch stream.
+func (s *server) setPool(p Pool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pool = p
+	s.byID = make(map[string]*Device, len(p.Devices))
+	for i := range s.pool.Devices {
+		s.byID[s.pool.Devices[i].ID] = &s.pool.Devices[i]
+	}
+	close(s.changed)
+	s.changed = make(chan struct{})
+}
+
+func (s *server) snapshot() (Pool, chan struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.pool, s.changed
+}
+
+// serve listens on the pool's socket (replacing a stale one) and serves.
+func (s *server) serve() error {
+	if err := os.Remove(s.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	lis, err := net.Listen("unix", s.socket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.socket, err)
+	}
+	g := grpc.NewServer()
+	pluginapi.RegisterDevicePluginServer(g, s)
+	s.mu.Lock()
+	old := s.grpc
+	s.grpc = g
+	s.mu.Unlock()
+	if old != nil {
+		old.Stop()
+	}
+	go func() {
+		if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			s.log.Error("serve", "err", err)
+		}
+	}()
+	return nil
+}
+
+// shutdown stops serving and removes the socket.
+func (s *server) shutdown() {
+	s.cancelRegistration()
+	s.mu.Lock()
+	g := s.grpc
+	s.grpc = nil
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	s.mu.Unlock()
+	if g != nil {
+		g.Stop()
+	}
+	os.Remove(s.socket)
+}
+
+func (s *server) cancelRegistration() {
+	s.regMu.Lock()
+	defer s.regMu.Unlock()
+	if s.regCancel != nil {
+		s.regCancel()
+		s.regCancel = nil
+	}
+	s.registered = false
+	s.m.metrics.setRegistered(s.name, false)
+}
+
+// register registers with the kubelet in the background, retrying with
+// backoff until it succeeds or is cancelled: an absent kubelet is waited
+// for, never a reason to exit.
+func (s *server) register() {
+	s.regMu.Lock()
+	if s.regCancel != nil {
+		s.regCancel()
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s.regCancel = cancel
+	s.registered = false
+	s.regMu.Unlock()
+	s.m.metrics.setRegistered(s.name, false)
+
+	go func() {
+		backoff := s.m.opts.RegisterBackoff
+		for attempt := 1; ; attempt++ {
+			err := s.registerOnce(ctx)
+			if err == nil {
+				s.regMu.Lock()
+				if ctx.Err() == nil {
+					s.registered = true
+				}
+				s.regMu.Unlock()
+				s.m.metrics.setRegistered(s.name, true)
+				s.log.Info("registered with kubelet", "attempt", attempt)
+				s.m.notifyRegistered(s.name)
+				return
+			}
+			if ctx.Err() != nil {
+				return
+			}
+			s.log.Warn("registration failed; retrying", "err", err, "attempt", attempt, "backoff", backoff)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, s.m.opts.RegisterBackoffMax)
+		}
+	}()
+}
+
+func (s *server) registerOnce(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	kubelet := filepath.Join(s.m.opts.KubeletDir, "kubelet.sock")
+	conn, err := grpc.NewClient("unix://"+kubelet, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	s.mu.Lock()
+	res := s.pool.Resource
+	s.mu.Unlock()
+	_, err = pluginapi.NewRegistrationClient(conn).Register(ctx, &pluginapi.RegisterRequest{
+		Version:      pluginapi.Version,
+		Endpoint:     filepath.Base(s.socket),
+		ResourceName: res,
+		Options:      &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true},
+	}, grpc.WaitForReady(false))
+	return err
+}
+
+// GetDevicePluginOptions says GetPreferredAllocation is available.
+func (s *server) GetDevicePluginOptions(context.Context, *pluginapi.Empty) (*pluginapi.DevicePluginOptions, error) {
+	return &pluginapi.DevicePluginOptions{GetPreferredAllocationAvailable: true}, nil
+}
+
+// ListAndWatch sends the full list, then the full list again on every change.
+func (s *server) ListAndWatch(_ *pluginapi.Empty, stream grpc.ServerStreamingServer[pluginapi.ListAndWatchResponse]) error {
+	for {
+		pool, changed := s.snapshot()
+		if err := stream.Send(&pluginapi.ListAndWatchResponse{Devices: kubeletDevices(pool)}); err != nil {
+			return err
+		}
+		select {
+		case <-changed:
+		case <-stream.Context().Done():
+			return nil
+		case <-s.stop:
+			return nil
+		}
+	}
+}
+
+func kubeletDevices(p Pool) []*pluginapi.Device {
+	out := make([]*pluginapi.Device, 0, len(p.Devices))
+	for _, d := range p.Devices {
+		kd := &pluginapi.Device{ID: d.ID, Health: pluginapi.Unhealthy}
+		if d.Healthy {
+			kd.Health = pluginapi.Healthy
+		}
+		if d.NUMA >= 0 {
+			kd.Topology = &pluginapi.TopologyInfo{Nodes: []*pluginapi.NUMANode{{ID: int64(d.NUMA)}}}
+		}
+		out = append(out, kd)
+	}
+	return out
+}
+
+// Allocate answers, per container: PCIDEVICE_<RES> (BDFs), its _INFO JSON,
+// the RDMA character devices, NCCL_IB_HCA in exact-match form, CDI names.
+func (s *server) Allocate(_ context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	resp := &pluginapi.AllocateResponse{}
+	for _, c := range req.ContainerRequests {
+		cr, err := s.allocateContainer(c.DevicesIds)
+		if err != nil {
+			return nil, err
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, cr)
+	}
+	s.m.metrics.allocated(s.name, req)
+	return resp, nil
+}
+
+type infoEntry struct {
+	Generic map[string]string `json:"generic"`
+	PCI     *deviceinfo.PCI   `json:"pci,omitempty"`
+	RDMA    map[string]string `json:"rdma,omitempty"`
+}
+
+func (s *server) allocateContainer(ids []string) (*pluginapi.ContainerAllocateResponse, error) {
+	if len(ids) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "no devices requested")
+	}
+	var bdfs, hcas []string
+	info := map[string]infoEntry{}
+	cr := &pluginapi.ContainerAllocateResponse{Envs: map[string]string{}}
+	seenDev := map[string]bool{}
+	for _, id := range ids {
+		d := s.byID[id]
+		if d == nil {
+			return nil, status.Errorf(codes.InvalidArgument, "device %q is not in pool %s", id, s.pool.Resource)
+		}
+		if !slices.Contains(bdfs, d.BDF) {
+			bdfs = append(bdfs, d.BDF)
+		}
+		e := infoEntry{Generic: map[string]string{"deviceID": d.ID},
+			PCI: &deviceinfo.PCI{PCIAddress: d.BDF, PFPCIAddress: d.PF}}
+		if len(d.RDMA) > 0 {
+			e.PCI.RDMADevice = d.RDMA[0]
+			e.RDMA = map[string]string{"rdma-device": strings.Join(d.RDMA, ",")}
+			if s.pool.RDMACM != "" {
+				e.RDMA["rdma_cm"] = s.pool.RDMACM
+			}
+		}
+		info[id] = e
+		for _, r := range d.RDMA {
+			if !slices.Contains(hcas, r) {
+				hcas = append(hcas, r)
+			}
+		}
+		for _, c := range d.CharDevs {
+			if !seenDev[c] {
+				seenDev[c] = true
+				cr.Devices = append(cr.Devices, &pluginapi.DeviceSpec{ContainerPath: c, HostPath: c, Permissions: "rw"})
+			}
+		}
+		if s.m.opts.CDI {
+			cr.CdiDevices = append(cr.CdiDevices, &pluginapi.CDIDevice{Name: CDIName(s.pool.Resource, d.ID)})
+		}
+	}
+	if len(hcas) > 0 && s.pool.RDMACM != "" {
+		cr.Devices = append(cr.Devices, &pluginapi.DeviceSpec{ContainerPath: s.pool.RDMACM, HostPath: s.pool.RDMACM, Permissions: "rw"})
+	}
+	env := EnvName(s.pool.Resource)
+	cr.Envs[env] = strings.Join(bdfs, ",")
+	b, err := json.Marshal(info)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	cr.Envs[env+"_INFO"] = string(b)
+	if len(hcas) > 0 {
+		// "=" asks NCCL for exact names: without it mlx5_1 also selects mlx5_10.
+		cr.Envs["NCCL_IB_HCA"] = "=" + strings.Join(hcas, ",")
+	}
+	return cr, nil
+}
+
+// CDIName is the CDI device a device is known by: <resource>=<id>, with
+// the characters CDI forbids in names replaced.
+func CDIName(resource, id string) string {
+	return resource + "=" + strings.NewReplacer("#", "_", "/", "_").Replace(id)
+}
+
+// GetPreferredAllocation picks, per container, a set that holds every
+// must-include device, sits on as few NUMA nodes as possible, and spreads
+// over distinct PFs and rails.
+func (s *server) GetPreferredAllocation(_ context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	resp := &pluginapi.PreferredAllocationResponse{}
+	for _, c := range req.ContainerRequests {
+		ids, err := preferred(s.byID, c.AvailableDeviceIDs, c.MustIncludeDeviceIDs, int(c.AllocationSize))
+		if err != nil {
+			return nil, status.Error(codes.InvalidArgument, err.Error())
+		}
+		resp.ContainerResponses = append(resp.ContainerResponses, &pluginapi.ContainerPreferredAllocationResponse{DeviceIDs: ids})
+	}
+	return resp, nil
+}
+
+// preferred is the selection behind GetPreferredAllocation.
+func preferred(byID map[string]*Device, available, must []string, size int) ([]string, error) {
+	if size < len(must) {
+		return nil, fmt.Errorf("allocation size %d is smaller than the %d must-include devices", size, len(must))
+	}
+	if size > len(available) {
+		return nil, fmt.Errorf("allocation size %d exceeds the %d available devices", size, len(available))
+	}
+	chosen := make([]string, 0, size)
+	inSet := map[string]bool{}
+	usedPF := map[string]int{}
+	usedRail := map[string]int{}
+	usedNUMA := map[int]bool{}
+	take := func(id string) {
+		chosen = append(chosen, id)
+		inSet[id] = true
+		if d := byID[id]; d != nil {
+			usedPF[d.PF]++
+			usedRail[d.Rail]++
+			usedNUMA[d.NUMA] = true
+		}
+	}
+	for _, id := range must {
+		if !inSet[id] {
+			take(id)
+		}
+	}
+	// Candidates per NUMA node, unknown devices last.
+	var rest []string
+	perNUMA := map[int]int{}
+	for _, id := range available {
+		if inSet[id] {
+			continue
+		}
+		if d := byID[id]; d != nil && d.Healthy {
+			rest = append(rest, id)
+			perNUMA[d.NUMA]++
+		}
+	}
+	// NUMA order: nodes already used first, then the node with the most
+	// candidates (so the set fits on one), unknown (-1) last.
+	numaOrder := make([]int, 0, len(perNUMA))
+	for n := range perNUMA {
+		numaOrder = append(numaOrder, n)
+	}
+	need := size - len(chosen)
+	sort.Slice(numaOrder, func(i, j int) bool {
+		a, b := numaOrder[i], numaOrder[j]
+		if (a < 0) != (b < 0) {
+			return b < 0
+		}
+		if usedNUMA[a] != usedNUMA[b] {
+			return usedNUMA[a]
+		}
+		fa, fb := perNUMA[a] >= need, perNUMA[b] >= need
+		if fa != fb {
+			return fa
+		}
+		if perNUMA[a] != perNUMA[b] {
+			return perNUMA[a] > perNUMA[b]
+		}
+		return a < b
+	})
+	rank := map[int]int{}
+	for i, n := range numaOrder {
+		rank[n] = i
+	}
+	for len(chosen) < size && len(rest) > 0 {
+		// Best next: lowest NUMA rank, then least-used rail and PF, then ID.
+		best := -1
+		for i, id := range rest {
+			if best < 0 || better(byID[id], byID[rest[best]], id, rest[best], rank, usedPF, usedRail) {
+				best = i
+			}
+		}
+		take(rest[best])
+		rest = slices.Delete(rest, best, best+1)
+	}
+	if len(chosen) < size {
+		// Not enough healthy devices: fill from the rest of available, as asked.
+		for _, id := range available {
+			if len(chosen) == size {
+				break
+			}
+			if !inSet[id] {
+				take(id)
+			}
+		}
+	}
+	return chosen, nil
+}
+
+func better(a, b *Device, ida, idb string, rank map[int]int, usedPF, usedRail map[string]int) bool {
+	if ra, rb := rank[a.NUMA], rank[b.NUMA]; ra != rb {
+		return ra < rb
+	}
+	if ua, ub := usedRail[a.Rail], usedRail[b.Rail]; ua != ub {
+		return ua < ub
+	}
+	if ua, ub := usedPF[a.PF], usedPF[b.PF]; ua != ub {
+		return ua < ub
+	}
+	return ida < idb
+}
+
+// PreStartContainer is not required.
+func (s *server) PreStartContainer(context.Context, *pluginapi.PreStartContainerRequest) (*pluginapi.PreStartContainerResponse, error) {
+	return &pluginapi.PreStartContainerResponse{}, nil
+}
