@@ -72,6 +72,13 @@ func (s *server) snapshot() (Pool, chan struct{}) {
 
 // serve listens on the pool's socket (replacing a stale one) and serves.
 func (s *server) serve() error {
+	s.mu.Lock()
+	old := s.grpc
+	s.grpc = nil
+	s.mu.Unlock()
+	if old != nil {
+		old.Stop()
+	}
 	if err := os.Remove(s.socket); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
@@ -79,15 +86,14 @@ func (s *server) serve() error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.socket, err)
 	}
+	// We remove the socket ourselves: a listener that unlinks its path on
+	// close would delete a newer socket created at the same path.
+	lis.(*net.UnixListener).SetUnlinkOnClose(false)
 	g := grpc.NewServer()
 	pluginapi.RegisterDevicePluginServer(g, s)
 	s.mu.Lock()
-	old := s.grpc
 	s.grpc = g
 	s.mu.Unlock()
-	if old != nil {
-		old.Stop()
-	}
 	go func() {
 		if err := g.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			s.log.Error("serve", "err", err)
