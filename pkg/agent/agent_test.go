@@ -41,7 +41,7 @@ type env struct {
 	reload  chan struct{}
 }
 
-func start(t *testing.T, fixture, config string) *env {
+func start(t testing.TB, fixture, config string) *env {
 	t.Helper()
 	_, tree := fakesystest.Build(t, fixture)
 	base := fakesystest.TempDir(t)
@@ -92,7 +92,7 @@ func (e *env) stop() {
 	}
 }
 
-func waitAll(t *testing.T, k *kubelettest.Kubelet, resources ...string) map[string]*pluginapi.RegisterRequest {
+func waitAll(t testing.TB, k *kubelettest.Kubelet, resources ...string) map[string]*pluginapi.RegisterRequest {
 	t.Helper()
 	got := map[string]*pluginapi.RegisterRequest{}
 	deadline := time.Now().Add(5 * time.Second)

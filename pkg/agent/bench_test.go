@@ -1,0 +1,120 @@
+package agent_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/railnet/railnet/pkg/agent"
+	"github.com/railnet/railnet/pkg/deviceplugin"
+	"github.com/railnet/railnet/pkg/deviceplugin/kubelettest"
+	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
+	"github.com/railnet/railnet/pkg/sysfs"
+)
+
+const vfScaleConfig = `{"pools":[{"name":"vf","selectors":{"linkTypes":["ether"],"vendors":["15b3"],"devices":["101e"]}}]}`
+
+// benchEnv serves vf-scale's 1,016 VFs as one pool to a fake kubelet.
+func benchEnv(b *testing.B) (*kubelettest.Plugin, []string) {
+	b.Helper()
+	e := start(b, "vf-scale", vfScaleConfig)
+	b.Cleanup(e.stop)
+	reg := e.kubelet.WaitRegistration(b, "railnet.io/vf", 10*time.Second)
+	p := e.kubelet.Dial(b, reg.Endpoint)
+	list := kubelettest.Next(b, p.Watch(b), 5*time.Second, func([]*pluginapi.Device) bool { return true })
+	if len(list) != 1016 {
+		b.Fatalf("pool has %d devices, want 1016", len(list))
+	}
+	ids := make([]string, len(list))
+	for i, d := range list {
+		ids[i] = d.ID
+	}
+	return p, ids
+}
+
+func reportPercentiles(b *testing.B, lat []time.Duration) {
+	slices.Sort(lat)
+	p := func(q float64) float64 { return float64(lat[int(q*float64(len(lat)-1))].Microseconds()) }
+	b.ReportMetric(p(0.50), "p50-µs")
+	b.ReportMetric(p(0.99), "p99-µs")
+}
+
+// BenchmarkAllocate: one Allocate over gRPC (2 VFs, as a pod asking for two
+// NICs), at 1,016 devices in the pool.
+func BenchmarkAllocate(b *testing.B) {
+	p, ids := benchEnv(b)
+	ctx := context.Background()
+	var lat []time.Duration
+	i := 0
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		req := &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
+			{DevicesIds: []string{ids[i%len(ids)], ids[(i+509)%len(ids)]}}}}
+		t0 := time.Now()
+		resp, err := p.Allocate(ctx, req)
+		lat = append(lat, time.Since(t0))
+		if err != nil || len(resp.ContainerResponses[0].Devices) != 7 {
+			b.Fatalf("Allocate: %v %v", resp, err)
+		}
+		i++
+	}
+	reportPercentiles(b, lat)
+}
+
+// BenchmarkGetPreferredAllocation: choose 8 of 1,016 available devices.
+func BenchmarkGetPreferredAllocation(b *testing.B) {
+	p, ids := benchEnv(b)
+	ctx := context.Background()
+	req := &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{
+		{AvailableDeviceIDs: ids, MustIncludeDeviceIDs: ids[100:101], AllocationSize: 8}}}
+	var lat []time.Duration
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		t0 := time.Now()
+		resp, err := p.GetPreferredAllocation(ctx, req)
+		lat = append(lat, time.Since(t0))
+		if err != nil || len(resp.ContainerResponses[0].DeviceIDs) != 8 {
+			b.Fatalf("GetPreferredAllocation: %v %v", resp, err)
+		}
+	}
+	reportPercentiles(b, lat)
+}
+
+// BenchmarkStartToRegistered: from reading the config to the kubelet
+// holding the registration, scan of vf-scale included.
+func BenchmarkStartToRegistered(b *testing.B) {
+	_, tree := fakesystest.Build(b, "vf-scale")
+	base := fakesystest.TempDir(b)
+	cfg := filepath.Join(base, "c.json")
+	os.WriteFile(cfg, []byte(vfScaleConfig), 0o644)
+	sys, _ := sysfs.New(tree.Sys)
+	defer sys.Close()
+	dev, _ := sysfs.New(tree.Dev)
+	defer dev.Close()
+	b.ResetTimer()
+	for i := 0; b.Loop(); i++ {
+		kdir := filepath.Join(base, "k", string(rune('a'+i%26))+time.Now().Format("150405.000000000"))
+		os.MkdirAll(kdir, 0o755)
+		k := kubelettest.Start(b, kdir)
+		mgr := deviceplugin.NewManager(deviceplugin.Options{KubeletDir: kdir, DevInfoDir: filepath.Join(kdir, "devinfo")})
+		a, err := agent.New(agent.Options{ConfigPath: cfg, Sys: sys, Dev: dev, Manager: mgr})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := a.Rescan(); err != nil {
+			b.Fatal(err)
+		}
+		k.WaitRegistration(b, "railnet.io/vf", 10*time.Second)
+		b.StopTimer()
+		mgr.Close()
+		k.Stop()
+		b.StartTimer()
+	}
+}
