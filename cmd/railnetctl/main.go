@@ -18,6 +18,7 @@ Usage:
   railnetctl fakesys build FIXTURE DIR                     write a mocked DIR/sys and DIR/dev from a machine description
   railnetctl fakesys check FIXTURE...                      validate machine descriptions
   railnetctl snapshot [--output FILE]                      a tar.gz of the sysfs files railnet reads, for bug reports
+  railnetctl validate-config FILE [--sysfs-root DIR]       check a device plugin config; with a root, what each pool selects
   railnetctl version
 
 Common flags (before or after the command):
@@ -69,6 +70,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdFakesys(rest, stdout)
 	case "snapshot":
 		err = cmdSnapshot(r, rest, stdout)
+	case "validate-config":
+		err = cmdValidateConfig(r, rest, stdout)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "railnetctl %s\n", version)
 	case "help", "-h", "--help":

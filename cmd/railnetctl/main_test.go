@@ -211,3 +211,25 @@ func firstDiff(a, b string) string {
 }
 
 func itoa(i int) string { return strconv.Itoa(i) }
+
+func TestValidateConfig(t *testing.T) {
+	sys, dev := fixtureTree(t, "dgx-h100-like")
+	good := filepath.Join(t.TempDir(), "good.yaml")
+	os.WriteFile(good, []byte("railPools: true\npools:\n- name: storage\n  selectors:\n    linkTypes: [ether]\n"), 0o644)
+	out, stderr, code := runCLI(t, "validate-config", good)
+	if code != 0 || !strings.Contains(out, "valid (1 pools, railPools true") {
+		t.Fatalf("%d %s %s", code, out, stderr)
+	}
+	out, _, code = runCLI(t, "validate-config", "--sysfs-root", sys, "--devfs-root", dev, good)
+	if code != 0 || !strings.Contains(out, "railnet.io/rail0") || !strings.Contains(out, "railnet.io/storage       sriov    16 devices (8 healthy)") {
+		t.Errorf("with a node:\n%s", out)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.json")
+	os.WriteFile(bad, []byte(`{"pools":[{"name":"a","selectors":{"pfNames":["x#5-1"]}},{"name":"a","selectors":{"linkTypes":["ib"]}}]}`), 0o644)
+	_, stderr, code = runCLI(t, "validate-config", bad)
+	for _, want := range []string{"pools[0].selectors.pfNames[0]", "pools[1].name", "pools[1].selectors.linkTypes[0]"} {
+		if code != 1 || !strings.Contains(stderr, want) {
+			t.Errorf("bad config: exit %d, stderr lacks %q:\n%s", code, want, stderr)
+		}
+	}
+}

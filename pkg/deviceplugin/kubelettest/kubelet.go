@@ -25,17 +25,18 @@ type Kubelet struct {
 	pluginapi.UnimplementedRegistrationServer
 	Dir string
 
-	mu     sync.Mutex
-	regs   []*pluginapi.RegisterRequest
-	notify chan *pluginapi.RegisterRequest
-	refuse error
-	srv    *grpc.Server
+	mu       sync.Mutex
+	regs     []*pluginapi.RegisterRequest
+	consumed map[string]int // resource ("" = any) → registrations already returned by WaitRegistration
+	notify   chan struct{}  // closed and replaced on every registration
+	refuse   error
+	srv      *grpc.Server
 }
 
 // Start serves kubelet.sock in dir.
 func Start(tb testing.TB, dir string) *Kubelet {
 	tb.Helper()
-	k := &Kubelet{Dir: dir, notify: make(chan *pluginapi.RegisterRequest, 256)}
+	k := &Kubelet{Dir: dir, notify: make(chan struct{}), consumed: map[string]int{}}
 	if err := k.start(); err != nil {
 		tb.Fatal(err)
 	}
@@ -107,8 +108,9 @@ func (k *Kubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pl
 	}
 	k.mu.Lock()
 	k.regs = append(k.regs, r)
+	close(k.notify)
+	k.notify = make(chan struct{})
 	k.mu.Unlock()
-	k.notify <- r
 	return &pluginapi.Empty{}, nil
 }
 
@@ -119,16 +121,30 @@ func (k *Kubelet) Registrations() []*pluginapi.RegisterRequest {
 	return append([]*pluginapi.RegisterRequest(nil), k.regs...)
 }
 
-// WaitRegistration returns the next registration of resource, or fails after timeout.
+// WaitRegistration returns the next registration of resource ("" = of any
+// resource) that no earlier WaitRegistration call for it returned, or fails
+// after timeout. Registrations of other resources are kept for their callers.
 func (k *Kubelet) WaitRegistration(tb testing.TB, resource string, timeout time.Duration) *pluginapi.RegisterRequest {
 	tb.Helper()
 	deadline := time.After(timeout)
 	for {
-		select {
-		case r := <-k.notify:
-			if resource == "" || r.ResourceName == resource {
+		k.mu.Lock()
+		seen := 0
+		for _, r := range k.regs {
+			if resource != "" && r.ResourceName != resource {
+				continue
+			}
+			if seen == k.consumed[resource] {
+				k.consumed[resource]++
+				k.mu.Unlock()
 				return r
 			}
+			seen++
+		}
+		wait := k.notify
+		k.mu.Unlock()
+		select {
+		case <-wait:
 		case <-deadline:
 			tb.Fatalf("no registration of %q within %v", resource, timeout)
 			return nil

@@ -1,0 +1,83 @@
+package e2e
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"sigs.k8s.io/yaml"
+
+	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
+	"github.com/railnet/railnet/pkg/pools"
+)
+
+func TestManifests(t *testing.T) {
+	raw, err := os.ReadFile("../deployments/railnet-deviceplugin.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	help, _ := exec.Command(filepath.Join(binDir, "railnet-deviceplugin"), "-h").CombinedOutput()
+	var sawDS bool
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		var obj struct {
+			Kind string `json:"kind"`
+			Spec struct {
+				Template struct {
+					Spec struct {
+						Containers []struct {
+							Args []string `json:"args"`
+						} `json:"containers"`
+					} `json:"spec"`
+				} `json:"template"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
+			t.Fatalf("manifest: %v", err)
+		}
+		if obj.Kind != "DaemonSet" {
+			continue
+		}
+		sawDS = true
+		for _, a := range obj.Spec.Template.Spec.Containers[0].Args {
+			name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+			if !strings.Contains(string(help), "-"+name+" ") && !strings.Contains(string(help), "-"+name+"\n") {
+				t.Errorf("DaemonSet passes --%s, which railnet-deviceplugin does not know", name)
+			}
+		}
+	}
+	if !sawDS {
+		t.Fatal("no DaemonSet in the manifest")
+	}
+	raw, err = os.ReadFile("../deployments/railnet-config.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cm struct {
+		Data map[string]string `json:"data"`
+	}
+	if err := yaml.Unmarshal(raw, &cm); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := pools.Parse([]byte(cm.Data["config.yaml"]))
+	if err != nil {
+		t.Fatalf("example config: %v", err)
+	}
+	if !cfg.RailPools || len(cfg.Pools) != 2 {
+		t.Errorf("example config = %+v", cfg)
+	}
+	// On the node it is written for, no device lands in two pools.
+	_, tree := fakesystest.Build(t, "dgx-h100-like")
+	out, err := exec.Command(filepath.Join(binDir, "railnetctl"), "validate-config", "--sysfs-root", tree.Sys, "--devfs-root", tree.Dev,
+		"../deployments/railnet-config.yaml").CombinedOutput()
+	if err == nil {
+		t.Fatalf("validate-config accepted a ConfigMap manifest as a config:\n%s", out)
+	}
+	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
+	os.WriteFile(cfgFile, []byte(cm.Data["config.yaml"]), 0o644)
+	out, err = exec.Command(filepath.Join(binDir, "railnetctl"), "validate-config", "--sysfs-root", tree.Sys, "--devfs-root", tree.Dev, cfgFile).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "railnet.io/rail7") || !strings.Contains(strings.Join(strings.Fields(string(out)), " "), "railnet.io/storage-hca rdma 64 devices (32 healthy)") {
+		t.Errorf("example config on dgx-h100-like: %v\n%s", err, out)
+	}
+}
