@@ -53,6 +53,7 @@ demo: build
 	$(BIN)/railnetctl fakesys build $(DEMO_FIXTURE) "$$dir" && \
 	echo && $(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" inventory --summary && \
 	echo && $(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" topology && \
+	echo && $(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" validate-config deployments/config-h100.yaml && \
 	mkdir -p $(OUT) && \
 	$(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" topology --format json > $(OUT)/topology.json && \
 	$(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" topology --format dot > $(OUT)/topology.dot && \

@@ -123,7 +123,7 @@ func (d *daemon) waitLog(tb testing.TB, substr string, timeout time.Duration) {
 
 func TestDaemonStandalone(t *testing.T) {
 	d := startDaemon(t, "dgx-h100-like", "railPools: true\npools:\n- name: storage\n  selectors:\n    linkTypes: [ether]\n    numaNodes: [0]\n",
-		"--install-cni-dir", "", "--cdi")
+		"--install-cni-dir", "", "--cdi", "--cdi-dir", filepath.Join(t.TempDir(), "cdi"))
 	reg := d.kubelet.WaitRegistration(t, "railnet.io/rail0", 10*time.Second)
 	d.kubelet.WaitRegistration(t, "railnet.io/storage", 5*time.Second)
 	p := d.kubelet.Dial(t, reg.Endpoint)

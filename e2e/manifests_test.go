@@ -74,8 +74,21 @@ func TestManifests(t *testing.T) {
 	if err == nil {
 		t.Fatalf("validate-config accepted a ConfigMap manifest as a config:\n%s", out)
 	}
-	cfgFile := filepath.Join(t.TempDir(), "config.yaml")
-	os.WriteFile(cfgFile, []byte(cm.Data["config.yaml"]), 0o644)
+	// The plain copy in deployments/ is the ConfigMap's data, line for line.
+	plain, err := os.ReadFile("../deployments/config-h100.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body []string
+	for _, l := range strings.Split(string(plain), "\n") {
+		if !strings.HasPrefix(l, "#") {
+			body = append(body, l)
+		}
+	}
+	if strings.Join(body, "\n") != cm.Data["config.yaml"] {
+		t.Errorf("deployments/config-h100.yaml differs from the ConfigMap's config.yaml")
+	}
+	cfgFile := "../deployments/config-h100.yaml"
 	out, err = exec.Command(filepath.Join(binDir, "railnetctl"), "validate-config", "--sysfs-root", tree.Sys, "--devfs-root", tree.Dev, cfgFile).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "railnet.io/rail7") || !strings.Contains(strings.Join(strings.Fields(string(out)), " "), "railnet.io/storage-hca rdma 64 devices (32 healthy)") {
 		t.Errorf("example config on dgx-h100-like: %v\n%s", err, out)

@@ -47,9 +47,9 @@ func main() {
 }
 
 type flags struct {
-	config, sys, dev, kubeletDir, devinfoDir, metricsAddr, installCNIDir, cniBinary, logLevel string
-	cdi, netlinkEvents                                                                        bool
-	rescan                                                                                    time.Duration
+	config, sys, dev, kubeletDir, devinfoDir, cdiDir, metricsAddr, installCNIDir, cniBinary, logLevel string
+	cdi, netlinkEvents                                                                                bool
+	rescan                                                                                            time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -66,7 +66,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.installCNIDir, "install-cni-dir", "", "install the railnet CNI binary into this directory (e.g. /opt/cni/bin)")
 	fs.StringVar(&f.cniBinary, "cni-binary", filepath.Join(filepath.Dir(self), "railnet"), "the CNI binary that --install-cni-dir installs")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.BoolVar(&f.cdi, "cdi", false, "return CDI device names from Allocate")
+	fs.BoolVar(&f.cdi, "cdi", false, "return CDI device names from Allocate and write a CDI spec per pool")
+	fs.StringVar(&f.cdiDir, "cdi-dir", deviceplugin.DefaultCDIDir, "where --cdi writes its specs")
 	fs.BoolVar(&f.netlinkEvents, "netlink-events", true, "rescan on netlink link events")
 	fs.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "periodic full rescan")
 	if err := fs.Parse(args); err != nil {
@@ -117,7 +118,7 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 	defer dev.Close()
 	metrics := deviceplugin.NewMetrics()
 	mgr := deviceplugin.NewManager(deviceplugin.Options{KubeletDir: f.kubeletDir, DevInfoDir: f.devinfoDir,
-		CDI: f.cdi, Logger: log, Metrics: metrics})
+		CDI: f.cdi, CDIDir: f.cdiDir, Logger: log, Metrics: metrics})
 	a, err := agent.New(agent.Options{ConfigPath: f.config, Sys: sys, Dev: dev, Manager: mgr, Metrics: metrics,
 		Logger: log, RescanInterval: f.rescan})
 	if err != nil {

@@ -36,6 +36,7 @@ type env struct {
 	agent   *agent.Agent
 	cfg     string
 	devinfo string
+	cdi     string
 	cancel  context.CancelFunc
 	done    chan error
 	reload  chan struct{}
@@ -64,7 +65,8 @@ func start(t testing.TB, fixture, config string) *env {
 	}
 	t.Cleanup(func() { dev.Close() })
 	metrics := deviceplugin.NewMetrics()
-	e.mgr = deviceplugin.NewManager(deviceplugin.Options{KubeletDir: kdir, DevInfoDir: e.devinfo, CDI: true,
+	e.cdi = filepath.Join(base, "cdi")
+	e.mgr = deviceplugin.NewManager(deviceplugin.Options{KubeletDir: kdir, DevInfoDir: e.devinfo, CDI: true, CDIDir: e.cdi,
 		Metrics: metrics, RegisterBackoff: 20 * time.Millisecond, RegisterBackoffMax: 200 * time.Millisecond})
 	e.agent, err = agent.New(agent.Options{ConfigPath: e.cfg, Sys: sys, Dev: dev, Manager: e.mgr, Metrics: metrics,
 		RescanInterval: time.Hour, MinInterval: 10 * time.Millisecond})
@@ -152,12 +154,36 @@ func TestRegistersEveryPoolAndServesIt(t *testing.T) {
 	if len(files) != 4*8+4+2+6 { // rails: 4 HCAs x 8 VFs + 4 PFs without VFs; hca 2; storage 2+4
 		t.Errorf("%d device-info files", len(files))
 	}
+	// A rescan that changes nothing rewrites no device-info file.
+	before, _ := os.Stat(f)
+	if err := e.agent.Rescan(); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.Stat(f); !os.SameFile(before, after) {
+		t.Error("an unchanged device-info file was recreated by a rescan")
+	}
+	// The CDI spec of the pool names every device with its character devices.
+	var spec struct {
+		Kind    string `json:"kind"`
+		Devices []struct {
+			Name  string `json:"name"`
+			Edits struct {
+				DeviceNodes []struct{ Path string } `json:"deviceNodes"`
+			} `json:"containerEdits"`
+		} `json:"devices"`
+	}
+	b, err := os.ReadFile(filepath.Join(e.cdi, "railnet.io-rail0.json"))
+	if err != nil || json.Unmarshal(b, &spec) != nil || spec.Kind != "railnet.io/rail0" || len(spec.Devices) != 8 ||
+		spec.Devices[0].Name != "0000:18:00.1" || len(spec.Devices[0].Edits.DeviceNodes) != 4 {
+		t.Errorf("CDI spec: %v %s", err, b)
+	}
 	// Shutdown removes sockets and files.
 	e.stop()
 	files, _ = filepath.Glob(filepath.Join(e.devinfo, "*.json"))
 	socks, _ := filepath.Glob(filepath.Join(e.kubelet.Dir, "railnet-*.sock"))
-	if len(files) != 0 || len(socks) != 0 {
-		t.Errorf("after shutdown: %d device-info files, sockets %v", len(files), socks)
+	specs, _ := filepath.Glob(filepath.Join(e.cdi, "*.json"))
+	if len(files) != 0 || len(socks) != 0 || len(specs) != 0 {
+		t.Errorf("after shutdown: %d device-info files, sockets %v, CDI specs %v", len(files), socks, specs)
 	}
 }
 

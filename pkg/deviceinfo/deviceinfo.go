@@ -90,6 +90,12 @@ func Remove(dir, resource, id string) error {
 	return err
 }
 
+// Exists reports whether the file of one device is there.
+func Exists(dir, resource, id string) bool {
+	_, err := os.Stat(filepath.Join(dir, FileName(resource, id)))
+	return err == nil
+}
+
 // Read parses a device-info file.
 func Read(p string) (*Info, error) {
 	b, err := os.ReadFile(p)

@@ -21,7 +21,8 @@ import (
 type Options struct {
 	KubeletDir         string // default /var/lib/kubelet/device-plugins
 	DevInfoDir         string // default /var/run/k8s.cni.cncf.io/devinfo/dp; "-" disables the files
-	CDI                bool
+	CDI                bool   // Allocate returns CDI names; a CDI spec per pool is written to CDIDir
+	CDIDir             string // default /var/run/cdi
 	Logger             *slog.Logger
 	Metrics            *Metrics
 	RegisterBackoff    time.Duration // first retry delay (default 200ms)
@@ -49,6 +50,9 @@ func NewManager(o Options) *Manager {
 	}
 	if o.DevInfoDir == "" {
 		o.DevInfoDir = deviceinfo.DefaultDir
+	}
+	if o.CDIDir == "" {
+		o.CDIDir = DefaultCDIDir
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -80,6 +84,11 @@ func (m *Manager) Update(pools []Pool) error {
 		want[p.Name] = true
 		p = m.merge(p)
 		m.writeDevInfo(p)
+		if m.opts.CDI {
+			if err := writeCDISpec(m.opts.CDIDir, p); err != nil {
+				m.log.Error("write CDI spec", "pool", p.Name, "err", err)
+			}
+		}
 		m.metrics.setDevices(p)
 		if s := m.servers[p.Name]; s != nil {
 			if cur, _ := s.snapshot(); cur.Resource == p.Resource {
@@ -140,6 +149,9 @@ func (m *Manager) stopLocked(s *server) {
 	s.shutdown()
 	p, _ := s.snapshot()
 	m.removeDevInfo(p)
+	if m.opts.CDI {
+		removeCDISpec(m.opts.CDIDir, p.Resource)
+	}
 	delete(m.servers, s.name)
 	delete(m.known, s.name)
 	m.metrics.dropPool(s.name)
@@ -155,6 +167,12 @@ func (m *Manager) writeDevInfo(p Pool) {
 	if s := m.servers[p.Name]; s != nil {
 		old, _ = s.snapshot()
 	}
+	written := map[string]Device{}
+	for _, d := range old.Devices {
+		if d.Reason != "PCI function vanished" {
+			written[d.ID] = d
+		}
+	}
 	present := map[string]bool{}
 	for _, d := range p.Devices {
 		if d.Reason == "PCI function vanished" {
@@ -165,6 +183,12 @@ func (m *Manager) writeDevInfo(p Pool) {
 		if len(d.RDMA) > 0 {
 			rd = d.RDMA[0]
 		}
+		// Recreated on change only: a rescan every 30 s must not rewrite
+		// a thousand unchanged files under Multus' feet.
+		if w, ok := written[d.ID]; ok && old.Resource == p.Resource && w.BDF == d.BDF && w.PF == d.PF && firstOf(w.RDMA) == rd &&
+			deviceinfo.Exists(m.opts.DevInfoDir, p.Resource, d.ID) {
+			continue
+		}
 		if err := deviceinfo.Write(m.opts.DevInfoDir, p.Resource, d.ID, deviceinfo.NewPCI(d.BDF, rd, d.PF)); err != nil {
 			m.log.Error("write device-info file", "device", d.ID, "err", err)
 		}
@@ -174,6 +198,13 @@ func (m *Manager) writeDevInfo(p Pool) {
 			deviceinfo.Remove(m.opts.DevInfoDir, old.Resource, d.ID)
 		}
 	}
+}
+
+func firstOf(s []string) string {
+	if len(s) == 0 {
+		return ""
+	}
+	return s[0]
 }
 
 func (m *Manager) removeDevInfo(p Pool) {

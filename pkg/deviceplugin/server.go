@@ -315,9 +315,7 @@ func (s *server) allocateContainer(ids []string) (*pluginapi.ContainerAllocateRe
 
 // CDIName is the CDI device a device is known by: <resource>=<id>, with
 // the characters CDI forbids in names replaced.
-func CDIName(resource, id string) string {
-	return resource + "=" + strings.NewReplacer("#", "_", "/", "_").Replace(id)
-}
+func CDIName(resource, id string) string { return resource + "=" + cdiDeviceName(id) }
 
 // GetPreferredAllocation picks, per container, a set that holds every
 // must-include device, sits on as few NUMA nodes as possible, and spreads

@@ -1,0 +1,77 @@
+package deviceplugin
+
+import (
+	"encoding/json"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/railnet/railnet/pkg/deviceinfo"
+)
+
+// DefaultCDIDir is where container runtimes look for CDI specs.
+const DefaultCDIDir = "/var/run/cdi"
+
+// CDI spec (container-device-interface, spec 0.6.0): one kind per pool
+// ("railnet.io/rail0"), one device per advertised device, whose edits add
+// the RDMA character devices and the device's PCI address.
+type cdiSpec struct {
+	Version string      `json:"cdiVersion"`
+	Kind    string      `json:"kind"`
+	Devices []cdiDevice `json:"devices"`
+}
+
+type cdiDevice struct {
+	Name  string   `json:"name"`
+	Edits cdiEdits `json:"containerEdits"`
+}
+
+type cdiEdits struct {
+	Env         []string        `json:"env,omitempty"`
+	DeviceNodes []cdiDeviceNode `json:"deviceNodes,omitempty"`
+}
+
+type cdiDeviceNode struct {
+	Path        string `json:"path"`
+	Permissions string `json:"permissions,omitempty"`
+}
+
+func cdiSpecPath(dir, resource string) string {
+	return filepath.Join(dir, strings.ReplaceAll(resource, "/", "-")+".json")
+}
+
+// cdiDeviceName is the part after '=' of CDIName.
+func cdiDeviceName(id string) string { return strings.NewReplacer("#", "_", "/", "_").Replace(id) }
+
+// writeCDISpec writes the pool's CDI spec atomically (0444).
+func writeCDISpec(dir string, p Pool) error {
+	spec := cdiSpec{Version: "0.6.0", Kind: p.Resource}
+	for _, d := range p.Devices {
+		cd := cdiDevice{Name: cdiDeviceName(d.ID)}
+		cd.Edits.Env = []string{"RAILNET_PCI_ADDRESS_" + strings.ToUpper(strings.NewReplacer(":", "_", ".", "_").Replace(d.BDF)) + "=" + d.BDF}
+		for _, c := range d.CharDevs {
+			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, cdiDeviceNode{Path: c, Permissions: "rw"})
+		}
+		if len(d.RDMA) > 0 && p.RDMACM != "" {
+			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, cdiDeviceNode{Path: p.RDMACM, Permissions: "rw"})
+		}
+		spec.Devices = append(spec.Devices, cd)
+	}
+	b, err := json.MarshalIndent(spec, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	return deviceinfo.WriteFile(cdiSpecPath(dir, p.Resource), b)
+}
+
+func removeCDISpec(dir, resource string) error {
+	err := os.Remove(cdiSpecPath(dir, resource))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
