@@ -36,11 +36,20 @@ func main() {
 // roots holds the common flags.
 type roots struct {
 	sys, dev string
+	sysSet   bool // --sysfs-root was given, before or after the command
 }
 
 func (r *roots) register(fs *flag.FlagSet) {
 	fs.StringVar(&r.sys, "sysfs-root", r.sys, "directory that stands for /sys")
 	fs.StringVar(&r.dev, "devfs-root", r.dev, "directory that stands for /dev")
+}
+
+func (r *roots) noteSet(fs *flag.FlagSet) {
+	fs.Visit(func(f *flag.Flag) {
+		if f.Name == "sysfs-root" {
+			r.sysSet = true
+		}
+	})
 }
 
 // errUsage marks an error the user made on the command line (exit 2).
@@ -55,6 +64,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "railnetctl: %v\n\n%s", err, usage)
 		return 2
 	}
+	r.noteSet(top)
 	args = top.Args()
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
@@ -108,6 +118,9 @@ func parse(name string, r *roots, args []string, define func(*flag.FlagSet)) (*f
 			return nil, err
 		}
 		return nil, fmt.Errorf("%w: %s: %v", errUsage, name, err)
+	}
+	if r != nil {
+		r.noteSet(fs)
 	}
 	return fs, nil
 }

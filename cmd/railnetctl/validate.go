@@ -1,7 +1,6 @@
 package main
 
 import (
-	"flag"
 	"fmt"
 	"io"
 
@@ -14,7 +13,6 @@ import (
 // cmdValidateConfig checks a device plugin config; with --sysfs-root it also
 // resolves the pools against that node and prints what each selects.
 func cmdValidateConfig(r *roots, args []string, out io.Writer) error {
-	var node bool
 	fs, err := parse("validate-config", r, args, nil)
 	if err != nil {
 		return err
@@ -22,17 +20,12 @@ func cmdValidateConfig(r *roots, args []string, out io.Writer) error {
 	if fs.NArg() != 1 {
 		return fmt.Errorf("%w: validate-config FILE", errUsage)
 	}
-	fs.Visit(func(f *flag.Flag) {
-		if f.Name == "sysfs-root" {
-			node = true
-		}
-	})
 	cfg, err := pools.Load(fs.Arg(0))
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "%s: valid (%d pools, railPools %v, prefix %s)\n", fs.Arg(0), len(cfg.Pools), cfg.RailPools, cfg.Prefix())
-	if !node {
+	if !r.sysSet {
 		return nil
 	}
 	sys, err := sysfs.New(r.sys)
