@@ -22,6 +22,7 @@ deps:
 	@missing=""; \
 	command -v dot >/dev/null 2>&1 || missing="$$missing graphviz"; \
 	command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing:$$missing"; \

@@ -25,7 +25,15 @@ import (
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 )
 
-var binDir string
+var binDir, cniPluginDir string
+
+// cniPlugins are the reference plugins the CNI tests delegate to (IPAM) or
+// compare with (host-device), at the version the issue names.
+var cniPlugins = []string{
+	"github.com/containernetworking/plugins/plugins/ipam/host-local@v1.10.0",
+	"github.com/containernetworking/plugins/plugins/ipam/static@v1.10.0",
+	"github.com/containernetworking/plugins/plugins/main/host-device@v1.10.0",
+}
 
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "railnet-e2e-bin-")
@@ -38,6 +46,19 @@ func TestMain(m *testing.M) {
 	if err := cmd.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build:", err)
 		os.Exit(1)
+	}
+	cniPluginDir = filepath.Join(dir, "cni")
+	if prebuilt := os.Getenv("RAILNET_CNI_PLUGINS"); prebuilt != "" {
+		cniPluginDir = prebuilt
+	} else {
+		inst := exec.Command("go", append([]string{"install"}, cniPlugins...)...)
+		inst.Env = append(os.Environ(), "GOBIN="+cniPluginDir, "GOFLAGS=-mod=mod")
+		inst.Dir = os.TempDir() // outside our module: the plugins' own go.mod decides their deps
+		inst.Stdout, inst.Stderr = os.Stderr, os.Stderr
+		if err := inst.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "install CNI plugins:", err)
+			os.Exit(1)
+		}
 	}
 	code := m.Run()
 	os.RemoveAll(dir)

@@ -1,0 +1,255 @@
+// Package config parses and validates the railnet CNI's network
+// configuration. A NAD written for sriov-cni works unchanged with
+// "type": "railnet". Every error names the field and maps to CNI error
+// code 7 (invalid network config).
+package config
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+
+	"github.com/containernetworking/cni/pkg/types"
+
+	"github.com/railnet/railnet/pkg/sysfs"
+)
+
+// EnvSysfsRoot overrides the sysfs root when the netconf has none.
+const EnvSysfsRoot = "RAILNET_SYSFS_ROOT"
+
+// DefaultStateDir holds the attachment records.
+const DefaultStateDir = "/var/lib/cni/railnet"
+
+// NetConf is the plugin's configuration.
+type NetConf struct {
+	types.NetConf
+
+	DeviceID  string  `json:"deviceID,omitempty"`
+	PCIBusID  string  `json:"pciBusID,omitempty"`
+	MAC       string  `json:"mac,omitempty"`
+	VLAN      *int    `json:"vlan,omitempty"`
+	VLANQoS   *int    `json:"vlanQoS,omitempty"`
+	VLANProto *string `json:"vlanProto,omitempty"`
+	SpoofChk  *string `json:"spoofchk,omitempty"` // "on" | "off"
+	Trust     *string `json:"trust,omitempty"`    // "on" | "off"
+	LinkState *string `json:"link_state,omitempty"`
+	MinTxRate *int    `json:"min_tx_rate,omitempty"`
+	MaxTxRate *int    `json:"max_tx_rate,omitempty"`
+	MTU       *int    `json:"mtu,omitempty"`
+	RDMA      string  `json:"rdma,omitempty"` // "auto" (default) | "off"
+	SysfsRoot string  `json:"sysfsRoot,omitempty"`
+	StateDir  string  `json:"stateDir,omitempty"`
+	LogFile   string  `json:"logFile,omitempty"`
+	LogLevel  string  `json:"logLevel,omitempty"`
+
+	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
+	Args          *Args         `json:"args,omitempty"`
+
+	// Unexported results of Validate.
+	hwMAC net.HardwareAddr
+}
+
+// RuntimeConfig holds the capabilities Multus and runtimes pass.
+type RuntimeConfig struct {
+	MAC               string   `json:"mac,omitempty"`
+	IPs               []string `json:"ips,omitempty"`
+	InfinibandGUID    string   `json:"infinibandGUID,omitempty"`
+	DeviceID          string   `json:"deviceID,omitempty"`
+	CNIDeviceInfoFile string   `json:"CNIDeviceInfoFile,omitempty"`
+	Bandwidth         any      `json:"bandwidth,omitempty"`
+}
+
+// Args is the "args" member.
+type Args struct {
+	CNI map[string]any `json:"cni,omitempty"`
+}
+
+// Error is a config error: CNI code 7, naming the field.
+func Error(field, format string, a ...any) *types.Error {
+	return types.NewError(types.ErrInvalidNetworkConfig, field+": "+fmt.Sprintf(format, a...), "")
+}
+
+// Parse decodes and validates stdin data.
+func Parse(data []byte) (*NetConf, error) {
+	var c NetConf
+	if len(strings.TrimSpace(string(data))) == 0 {
+		return nil, types.NewError(types.ErrDecodingFailure, "empty network configuration on stdin", "")
+	}
+	if err := json.Unmarshal(data, &c); err != nil {
+		return nil, types.NewError(types.ErrDecodingFailure, "network configuration is not valid JSON", err.Error())
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Validate checks every field; the first error is returned.
+func (c *NetConf) Validate() error {
+	if c.Type == "" {
+		return Error("type", "missing")
+	}
+	if c.Name == "" {
+		return Error("name", "missing")
+	}
+	for _, d := range []struct{ field, v string }{{"deviceID", c.DeviceID}, {"runtimeConfig.deviceID", c.RuntimeConfig.DeviceID}, {"pciBusID", c.PCIBusID}} {
+		if d.v != "" && !validDeviceID(d.v) {
+			return Error(d.field, "%q is neither a PCI address (dddd:bb:dd.f) nor an auxiliary device name", d.v)
+		}
+	}
+	for _, m := range []struct{ field, v string }{{"mac", c.MAC}, {"runtimeConfig.mac", c.RuntimeConfig.MAC}} {
+		if m.v == "" {
+			continue
+		}
+		hw, err := net.ParseMAC(m.v)
+		if err != nil || len(hw) != 6 {
+			return Error(m.field, "%q is not a 6-byte MAC address", m.v)
+		}
+		if hw[0]&1 == 1 {
+			return Error(m.field, "%q is a multicast address", m.v)
+		}
+		c.hwMAC = hw
+	}
+	if c.RuntimeConfig.MAC != "" {
+		c.hwMAC, _ = net.ParseMAC(c.RuntimeConfig.MAC) // runtimeConfig wins, as in sriov-cni
+	}
+	if c.VLAN != nil && (*c.VLAN < 0 || *c.VLAN > 4094) {
+		return Error("vlan", "%d is outside 0-4094", *c.VLAN)
+	}
+	if c.VLANQoS != nil {
+		if *c.VLANQoS < 0 || *c.VLANQoS > 7 {
+			return Error("vlanQoS", "%d is outside 0-7", *c.VLANQoS)
+		}
+		if *c.VLANQoS != 0 && (c.VLAN == nil || *c.VLAN == 0) {
+			return Error("vlanQoS", "needs a non-zero vlan")
+		}
+	}
+	if c.VLANProto != nil {
+		switch strings.ToLower(*c.VLANProto) {
+		case "802.1q", "802.1ad":
+		default:
+			return Error("vlanProto", "%q: want 802.1q or 802.1ad", *c.VLANProto)
+		}
+		if strings.ToLower(*c.VLANProto) == "802.1ad" && (c.VLAN == nil || *c.VLAN == 0) {
+			return Error("vlanProto", "802.1ad needs a non-zero vlan")
+		}
+	}
+	for _, f := range []struct {
+		field string
+		v     *string
+	}{{"spoofchk", c.SpoofChk}, {"trust", c.Trust}} {
+		if f.v != nil && *f.v != "on" && *f.v != "off" {
+			return Error(f.field, "%q: want on or off", *f.v)
+		}
+	}
+	if c.LinkState != nil {
+		switch *c.LinkState {
+		case "auto", "enable", "disable":
+		default:
+			return Error("link_state", "%q: want auto, enable or disable", *c.LinkState)
+		}
+	}
+	if c.MinTxRate != nil && *c.MinTxRate < 0 {
+		return Error("min_tx_rate", "%d is negative", *c.MinTxRate)
+	}
+	if c.MaxTxRate != nil && *c.MaxTxRate < 0 {
+		return Error("max_tx_rate", "%d is negative", *c.MaxTxRate)
+	}
+	if c.MinTxRate != nil && c.MaxTxRate != nil && *c.MaxTxRate > 0 && *c.MinTxRate > *c.MaxTxRate {
+		return Error("min_tx_rate", "%d Mbps is above max_tx_rate %d", *c.MinTxRate, *c.MaxTxRate)
+	}
+	if c.MTU != nil && (*c.MTU < 68 || *c.MTU > 65535) {
+		return Error("mtu", "%d is outside 68-65535", *c.MTU)
+	}
+	switch c.RDMA {
+	case "", "auto", "off":
+	default:
+		return Error("rdma", "%q: want auto or off", c.RDMA)
+	}
+	if g := c.RuntimeConfig.InfinibandGUID; g != "" {
+		hw, err := net.ParseMAC(g)
+		if err != nil || len(hw) != 8 {
+			return Error("runtimeConfig.infinibandGUID", "%q is not an 8-byte GUID (xx:xx:xx:xx:xx:xx:xx:xx)", g)
+		}
+	}
+	for i, ip := range c.RuntimeConfig.IPs {
+		if _, _, err := net.ParseCIDR(ip); err != nil && net.ParseIP(ip) == nil {
+			return Error(fmt.Sprintf("runtimeConfig.ips[%d]", i), "%q is not an IP address", ip)
+		}
+	}
+	if c.RuntimeConfig.CNIDeviceInfoFile != "" && !strings.HasPrefix(c.RuntimeConfig.CNIDeviceInfoFile, "/") {
+		return Error("runtimeConfig.CNIDeviceInfoFile", "%q is not an absolute path", c.RuntimeConfig.CNIDeviceInfoFile)
+	}
+	switch strings.ToLower(c.LogLevel) {
+	case "", "debug", "info", "warning", "warn", "error", "panic":
+	default:
+		return Error("logLevel", "%q: want debug, info, warning or error", c.LogLevel)
+	}
+	return nil
+}
+
+func validDeviceID(s string) bool {
+	if _, err := sysfs.ParseBDF(s); err == nil {
+		return true
+	}
+	// Auxiliary devices: "mlx5_core.sf.4".
+	return strings.Count(s, ".") >= 1 && !strings.ContainsAny(s, "/ \x00") && len(s) < 128
+}
+
+// Device is the device to attach: runtimeConfig.deviceID, then deviceID,
+// then pciBusID (host-device's name for it). Missing is code 7.
+func (c *NetConf) Device() (string, error) {
+	for _, v := range []string{c.RuntimeConfig.DeviceID, c.DeviceID, c.PCIBusID} {
+		if v != "" {
+			if b, err := sysfs.ParseBDF(v); err == nil {
+				return b.String(), nil
+			}
+			return v, nil
+		}
+	}
+	return "", Error("deviceID", "missing: the device plugin's allocation (Multus passes it) or deviceID/pciBusID in the config")
+}
+
+// HardwareAddr is the MAC to set, if any (runtimeConfig.mac over mac).
+func (c *NetConf) HardwareAddr() net.HardwareAddr { return c.hwMAC }
+
+// Root is the sysfs root: the config's, else $RAILNET_SYSFS_ROOT, else /sys.
+func (c *NetConf) Root() string {
+	if c.SysfsRoot != "" {
+		return c.SysfsRoot
+	}
+	if r := os.Getenv(EnvSysfsRoot); r != "" {
+		return r
+	}
+	return "/sys"
+}
+
+// State is the state directory.
+func (c *NetConf) State() string {
+	if c.StateDir != "" {
+		return c.StateDir
+	}
+	return DefaultStateDir
+}
+
+// VLANProtoNumber is the ethertype for vlanProto.
+func (c *NetConf) VLANProtoNumber() *int {
+	if c.VLANProto == nil {
+		return nil
+	}
+	v := 0x8100
+	if strings.ToLower(*c.VLANProto) == "802.1ad" {
+		v = 0x88a8
+	}
+	return &v
+}
+
+// IsTypeError reports whether err carries a CNI code.
+func IsTypeError(err error) (*types.Error, bool) {
+	var te *types.Error
+	ok := errors.As(err, &te)
+	return te, ok
+}

@@ -1,0 +1,740 @@
+// Package cni implements the railnet CNI commands: ADD, DEL, CHECK,
+// STATUS and GC for SR-IOV VFs, whole netdevs and their RDMA devices.
+package cni
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/containernetworking/cni/pkg/invoke"
+	"github.com/containernetworking/cni/pkg/skel"
+	"github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
+	"github.com/containernetworking/plugins/pkg/ipam"
+	"github.com/containernetworking/plugins/pkg/ns"
+
+	"github.com/railnet/railnet/pkg/cni/config"
+	"github.com/railnet/railnet/pkg/deviceinfo"
+	"github.com/railnet/railnet/pkg/netdev"
+	"github.com/railnet/railnet/pkg/state"
+	"github.com/railnet/railnet/pkg/sysfs"
+)
+
+// Plugin holds what the commands need from outside; zero values are the
+// production ones.
+type Plugin struct {
+	// VF programs VFs on their PF; nil: netlink in the host namespace.
+	VF func(host *netdev.Namespace) netdev.VFConfigurer
+	// Stderr receives logs when the netconf names no logFile.
+	Stderr io.Writer
+	// LockTimeout bounds the wait for a device held by another operation.
+	LockTimeout time.Duration
+}
+
+// Funcs returns the skel entry points.
+func (p *Plugin) Funcs() skel.CNIFuncs {
+	return skel.CNIFuncs{Add: p.Add, Del: p.Del, Check: p.Check, Status: p.Status, GC: p.GC}
+}
+
+// Versions are the spec versions railnet speaks.
+var Versions = version.PluginSupports("0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+func (p *Plugin) vf(host *netdev.Namespace) netdev.VFConfigurer {
+	if p.VF != nil {
+		return p.VF(host)
+	}
+	return netdev.NetlinkVF{NS: host}
+}
+
+// logger logs to the netconf's logFile (or stderr), with the attachment on every line.
+func (p *Plugin) logger(conf *config.NetConf, args *skel.CmdArgs, cmd string) (*slog.Logger, func()) {
+	var w io.Writer = p.Stderr
+	if w == nil {
+		w = os.Stderr
+	}
+	closeFn := func() {}
+	if conf != nil && conf.LogFile != "" {
+		if f, err := os.OpenFile(conf.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+			w, closeFn = f, func() { f.Close() }
+		}
+	}
+	// On stderr (no logFile) only warnings by default: runtimes keep a
+	// plugin's stderr, and a line per ADD on every node is noise there.
+	level := slog.LevelWarn
+	if conf != nil && conf.LogFile != "" {
+		level = slog.LevelInfo
+	}
+	if conf != nil {
+		switch strings.ToLower(conf.LogLevel) {
+		case "debug":
+			level = slog.LevelDebug
+		case "warning", "warn":
+			level = slog.LevelWarn
+		case "error", "panic":
+			level = slog.LevelError
+		}
+	}
+	l := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})).With("cmd", cmd)
+	if args != nil {
+		l = l.With("containerID", args.ContainerID, "netns", args.Netns, "ifname", args.IfName)
+	}
+	return l, closeFn
+}
+
+func typed(code uint, msg string, err error) *types.Error {
+	details := ""
+	if err != nil {
+		details = err.Error()
+	}
+	return types.NewError(code, msg, details)
+}
+
+// asCNI keeps a *types.Error, and wraps anything else with code.
+func asCNI(err error, code uint, msg string) error {
+	if err == nil {
+		return nil
+	}
+	if te, ok := config.IsTypeError(err); ok {
+		return te
+	}
+	return typed(code, msg+": "+err.Error(), nil)
+}
+
+func openPod(path string) (*netdev.Namespace, error) {
+	if path == "" {
+		return nil, types.NewError(types.ErrInvalidEnvironmentVariables, "CNI_NETNS is empty", "")
+	}
+	pod, err := netdev.OpenNamespace(path)
+	switch {
+	case err == nil:
+		return pod, nil
+	case errors.Is(err, os.ErrNotExist):
+		return nil, typed(types.ErrUnknownContainer, "netns "+path+" does not exist", err)
+	case errors.Is(err, netdev.ErrNotNetns):
+		return nil, typed(types.ErrInvalidEnvironmentVariables, "CNI_NETNS "+path+" is not a network namespace", err)
+	}
+	return nil, typed(types.ErrInvalidEnvironmentVariables, "cannot open netns "+path, err)
+}
+
+// Add attaches the device. Every step is undone when a later one fails.
+func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
+	conf, err := config.Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	log, done := p.logger(conf, args, "ADD")
+	defer done()
+	defer func() {
+		if err != nil {
+			log.Error("ADD failed", "err", err)
+		}
+	}()
+	deviceID, err := conf.Device()
+	if err != nil {
+		return err
+	}
+	sys, err := sysfs.New(conf.Root())
+	if err != nil {
+		return config.Error("sysfsRoot", "%v", err)
+	}
+	defer sys.Close()
+	dev, err := resolveDevice(sys, deviceID)
+	if err != nil {
+		return config.Error("deviceID", "%v", err)
+	}
+	if conf.MTU != nil && dev.IsVF && dev.PFMTU > 0 && *conf.MTU > dev.PFMTU {
+		return config.Error("mtu", "%d is above the MTU %d of PF %s", *conf.MTU, dev.PFMTU, dev.PF)
+	}
+	settings := vfSettings(conf, dev)
+	if !settings.Empty() && !dev.IsVF {
+		return config.Error("vlan/spoofchk/trust/link_state/tx rates", "%s is not a VF; VF settings need a VF", dev.BDF)
+	}
+	if !settings.Empty() && dev.PF == "" {
+		return config.Error("deviceID", "VF %s: its PF has no netdev to program the VF through", dev.BDF)
+	}
+	if conf.IPAM.Type != "" {
+		// Found before anything is touched: a missing IPAM plugin is a
+		// config error, not a half-done attachment.
+		if _, err := invoke.FindInPath(conf.IPAM.Type, filepath.SplitList(os.Getenv("CNI_PATH"))); err != nil {
+			return config.Error("ipam.type", "plugin %q is not in CNI_PATH (%s)", conf.IPAM.Type, os.Getenv("CNI_PATH"))
+		}
+	}
+	store, err := state.Open(conf.State())
+	if err != nil {
+		return typed(types.ErrIOFailure, "state directory "+conf.State()+" is not usable", err)
+	}
+	if err := store.Writable(); err != nil {
+		return typed(types.ErrIOFailure, "state directory "+conf.State()+" is not writable", err)
+	}
+	pod, err := openPod(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer pod.Close()
+	host, err := netdev.OpenNamespace("")
+	if err != nil {
+		return typed(types.ErrInternal, "open the host netns", err)
+	}
+	defer host.Close()
+
+	lock, err := store.LockDevice(dev.BDF, p.lockTimeout())
+	if err != nil {
+		return typed(types.ErrTryAgainLater, "device "+dev.BDF+" is busy", err)
+	}
+	defer lock.Unlock()
+	if held, err := store.ByBDF(dev.BDF); err == nil {
+		if held.ContainerID != args.ContainerID || held.IfName != args.IfName {
+			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("device %s is in use by container %s (%s)", dev.BDF, held.ContainerID, held.IfName), "")
+		}
+		// The same attachment again (a runtime retrying after a crash):
+		// take the old one apart first.
+		if err := p.teardown(log, store, host, held); err != nil {
+			return typed(types.ErrTryAgainLater, "cleaning a previous attachment of "+dev.BDF, err)
+		}
+	}
+	if dev.Netdev == "" && !dev.Userspace() {
+		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("device %s has no netdev in the host network namespace (in use by a pod, or its driver is not loaded)", dev.BDF), "")
+	}
+
+	rec := &state.Record{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, Network: conf.Name,
+		Created: time.Now().UTC(), Phase: state.PhaseReserved, DeviceID: deviceID, BDF: dev.BDF, PF: dev.PF,
+		VFIndex: dev.VFIndex, Driver: dev.Driver, Config: args.StdinData, CNIPath: os.Getenv("CNI_PATH")}
+	if dev.Netdev != "" {
+		hs, err := netdev.Snapshot(host, dev.Netdev)
+		if err != nil {
+			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("device %s: netdev %s is not in the host network namespace", dev.BDF, dev.Netdev), err.Error())
+		}
+		rec.HostName, rec.HostMAC, rec.HostMTU, rec.HostAlias, rec.HostUp = hs.Name, hs.MAC, hs.MTU, hs.Alias, hs.Up
+	}
+	// The record exists before anything is touched: a crash from here on
+	// leaves what DEL or GC needs to put everything back.
+	if err := store.Save(rec); err != nil {
+		return typed(types.ErrIOFailure, "write the attachment record", err)
+	}
+	defer func() {
+		if err != nil {
+			if terr := p.teardown(log, store, host, rec); terr != nil {
+				log.Error("rollback incomplete; DEL or GC will retry", "err", terr)
+			}
+		}
+	}()
+
+	if !settings.Empty() {
+		orig, err := p.vf(host).Get(dev.PF, dev.VFIndex)
+		if err != nil {
+			return typed(types.ErrInternal, fmt.Sprintf("read VF %d of %s", dev.VFIndex, dev.PF), err)
+		}
+		rec.VFOrig, rec.Phase = &orig, state.PhaseVFConfig
+		if err := store.Save(rec); err != nil {
+			return typed(types.ErrIOFailure, "write the attachment record", err)
+		}
+		if err := p.vf(host).Set(dev.PF, dev.VFIndex, settings); err != nil {
+			return typed(types.ErrInternal, fmt.Sprintf("configure VF %d on %s", dev.VFIndex, dev.PF), err)
+		}
+	}
+
+	result := &current.Result{CNIVersion: current.ImplementedSpecVersion}
+	iface := &current.Interface{Name: args.IfName, PciID: dev.BDF}
+	if dev.Netdev != "" {
+		rec.TempNetns, rec.Phase = store.NetnsPath(args.ContainerID, args.IfName), state.PhaseMoving
+		if err := store.Save(rec); err != nil {
+			return typed(types.ErrIOFailure, "write the attachment record", err)
+		}
+		if err := netdev.NewPinnedNetns(rec.TempNetns); err != nil {
+			return typed(types.ErrInternal, "create the temp netns", err)
+		}
+		temp, err := netdev.OpenNamespace(rec.TempNetns)
+		if err != nil {
+			return typed(types.ErrInternal, "open the temp netns", err)
+		}
+		mtu := 0
+		if conf.MTU != nil {
+			mtu = *conf.MTU
+		}
+		mac := conf.HardwareAddr()
+		if dev.IsVF && len(settings.MAC) > 0 {
+			mac = nil // the VF MAC is set through the PF; the netdev follows it
+		}
+		err = netdev.MoveIn(host, temp, pod, dev.Netdev, args.IfName, mac, mtu)
+		temp.Close()
+		if err != nil {
+			return typed(types.ErrInternal, fmt.Sprintf("move %s into the pod as %s", dev.Netdev, args.IfName), err)
+		}
+		if err := netdev.RemovePinnedNetns(rec.TempNetns); err != nil {
+			log.Warn("remove temp netns", "err", err)
+		}
+		rec.TempNetns = ""
+		if err := store.Save(rec); err != nil {
+			return typed(types.ErrIOFailure, "write the attachment record", err)
+		}
+		if err := p.moveRDMA(log, conf, dev, host, pod, rec, store); err != nil {
+			return err
+		}
+		l, err := pod.Handle.LinkByName(args.IfName)
+		if err != nil {
+			return typed(types.ErrInternal, "find "+args.IfName+" in the pod", err)
+		}
+		iface.Mac, iface.Mtu, iface.Sandbox = l.Attrs().HardwareAddr.String(), l.Attrs().MTU, args.Netns
+	}
+	result.Interfaces = []*current.Interface{iface}
+
+	if conf.IPAM.Type != "" {
+		rec.Phase = state.PhaseIPAM
+		if err := store.Save(rec); err != nil {
+			return typed(types.ErrIOFailure, "write the attachment record", err)
+		}
+		r, err := ipam.ExecAdd(conf.IPAM.Type, args.StdinData)
+		if err != nil {
+			return asCNI(err, types.ErrInternal, "IPAM "+conf.IPAM.Type)
+		}
+		ipr, err := current.NewResultFromResult(r)
+		if err != nil {
+			return typed(types.ErrDecodingFailure, "IPAM result", err)
+		}
+		if len(ipr.IPs) == 0 && !dev.Userspace() {
+			return types.NewError(types.ErrInternal, "IPAM "+conf.IPAM.Type+" returned no address", "")
+		}
+		for _, ip := range ipr.IPs {
+			ip.Interface = current.Int(0)
+		}
+		result.IPs, result.Routes, result.DNS = ipr.IPs, ipr.Routes, ipr.DNS
+		if dev.Netdev != "" {
+			podNS, err := ns.GetNS(args.Netns)
+			if err != nil {
+				return typed(types.ErrInternal, "open the pod netns", err)
+			}
+			err = podNS.Do(func(ns.NetNS) error {
+				if err := ipam.ConfigureIface(args.IfName, result); err != nil {
+					return err
+				}
+				announce(log, args.IfName, result)
+				return nil
+			})
+			podNS.Close()
+			if err != nil {
+				return typed(types.ErrInternal, "configure addresses on "+args.IfName, err)
+			}
+		}
+	}
+	if f := conf.RuntimeConfig.CNIDeviceInfoFile; f != "" {
+		pfAddr := ""
+		if dev.IsVF {
+			pfAddr = dev.PFBDF
+		}
+		b, _ := json.Marshal(deviceinfo.NewPCI(dev.BDF, dev.RDMA, pfAddr))
+		if err := deviceinfo.WriteFile(f, b); err != nil {
+			return typed(types.ErrIOFailure, "write runtimeConfig.CNIDeviceInfoFile", err)
+		}
+	}
+	rec.Phase = state.PhaseDone
+	if err := store.Save(rec); err != nil {
+		return typed(types.ErrIOFailure, "write the attachment record", err)
+	}
+	log.Info("attached", "device", dev.BDF, "hostName", rec.HostName, "vf", dev.VFIndex)
+	return types.PrintResult(result, conf.CNIVersion)
+}
+
+func (p *Plugin) lockTimeout() time.Duration {
+	if p.LockTimeout > 0 {
+		return p.LockTimeout
+	}
+	return 10 * time.Second
+}
+
+// vfSettings turns the netconf into VF settings.
+func vfSettings(conf *config.NetConf, dev *Device) netdev.VFSettings {
+	var s netdev.VFSettings
+	if !dev.IsVF {
+		// Still report them, so a config asking for VF settings on a PF is refused.
+		s.VLAN, s.QoS, s.VLANProto = conf.VLAN, conf.VLANQoS, conf.VLANProtoNumber()
+		if conf.SpoofChk != nil || conf.Trust != nil || conf.LinkState != nil || conf.MinTxRate != nil || conf.MaxTxRate != nil {
+			on := true
+			s.SpoofChk = &on
+		}
+		return s
+	}
+	if mac := conf.HardwareAddr(); len(mac) > 0 && !dev.IB {
+		s.MAC = mac
+	}
+	s.VLAN, s.QoS, s.VLANProto = conf.VLAN, conf.VLANQoS, conf.VLANProtoNumber()
+	onOff := func(v *string) *bool {
+		if v == nil {
+			return nil
+		}
+		b := *v == "on"
+		return &b
+	}
+	s.SpoofChk, s.Trust = onOff(conf.SpoofChk), onOff(conf.Trust)
+	if conf.LinkState != nil {
+		ls := map[string]uint32{"auto": netdev.VFLinkAuto, "enable": netdev.VFLinkEnable, "disable": netdev.VFLinkDisable}[*conf.LinkState]
+		s.LinkState = &ls
+	}
+	s.MinTxRate, s.MaxTxRate = conf.MinTxRate, conf.MaxTxRate
+	if g := conf.RuntimeConfig.InfinibandGUID; g != "" && dev.IB {
+		hw, _ := net.ParseMAC(g)
+		s.NodeGUID, s.PortGUID = hw, hw
+	}
+	return s
+}
+
+// Del puts everything back. It succeeds when the netns, the device or the
+// record is already gone, and when run twice.
+func (p *Plugin) Del(args *skel.CmdArgs) error {
+	conf, err := config.Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	log, done := p.logger(conf, args, "DEL")
+	defer done()
+	store, err := state.Open(conf.State())
+	if err != nil {
+		return typed(types.ErrIOFailure, "state directory "+conf.State()+" is not usable", err)
+	}
+	rec, err := store.Load(args.ContainerID, args.IfName)
+	if errors.Is(err, os.ErrNotExist) {
+		// Nothing of ours to undo; release the address in case ADD died
+		// before its record (IPAM DEL is idempotent).
+		if conf.IPAM.Type != "" {
+			if err := ipam.ExecDel(conf.IPAM.Type, args.StdinData); err != nil {
+				log.Warn("IPAM DEL without a record", "err", err)
+			}
+		}
+		log.Info("no record: nothing to restore")
+		return nil
+	}
+	if err != nil {
+		return typed(types.ErrIOFailure, "read the attachment record", err)
+	}
+	host, err := netdev.OpenNamespace("")
+	if err != nil {
+		return typed(types.ErrInternal, "open the host netns", err)
+	}
+	defer host.Close()
+	lock, err := store.LockDevice(rec.BDF, p.lockTimeout())
+	if err != nil {
+		return typed(types.ErrTryAgainLater, "device "+rec.BDF+" is busy", err)
+	}
+	defer lock.Unlock()
+	if err := p.teardown(log, store, host, rec); err != nil {
+		return typed(types.ErrTryAgainLater, "restore "+rec.BDF, err)
+	}
+	log.Info("detached", "device", rec.BDF, "hostName", rec.HostName)
+	return nil
+}
+
+// teardown undoes an attachment as far as its record says it got, then
+// deletes the record. The device lock must be held.
+func (p *Plugin) teardown(log *slog.Logger, store *state.Store, host *netdev.Namespace, rec *state.Record) error {
+	var errs []error
+	var pod, temp *netdev.Namespace
+	if rec.Netns != "" {
+		if n, err := netdev.OpenNamespace(rec.Netns); err == nil {
+			pod = n
+			defer pod.Close()
+		}
+	}
+	tempPath := rec.TempNetns
+	if tempPath == "" {
+		tempPath = store.NetnsPath(rec.ContainerID, rec.IfName)
+	}
+	if _, err := os.Stat(tempPath); err == nil {
+		if n, err := netdev.OpenNamespace(tempPath); err == nil {
+			temp = n
+			defer temp.Close()
+		}
+	}
+	if temp == nil && pod != nil && rec.HostName != "" {
+		// A temp netns to rename in: the host may hold a link named like
+		// the pod's, the pod one named like the host's.
+		tempPath = store.NetnsPath(rec.ContainerID, rec.IfName)
+		if err := netdev.NewPinnedNetns(tempPath); err == nil {
+			if n, err := netdev.OpenNamespace(tempPath); err == nil {
+				temp = n
+				defer temp.Close()
+			}
+		}
+	}
+	if rec.RDMAMoved && pod != nil {
+		if err := rdmaBack(rec.RDMA, pod, host); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if rec.HostName != "" && rec.Phase != state.PhaseReserved && rec.Phase != state.PhaseVFConfig {
+		err := netdev.MoveOut(host, temp, pod, netdev.HostState{Name: rec.HostName, MAC: rec.HostMAC, MTU: rec.HostMTU,
+			Alias: rec.HostAlias, Up: rec.HostUp}, rec.IfName)
+		switch {
+		case errors.Is(err, netdev.ErrNotFound) && pod == nil:
+			// The pod's namespace is gone and took a virtual device with it.
+			log.Warn("netdev not found; the pod netns is gone", "hostName", rec.HostName)
+		case err != nil:
+			errs = append(errs, err)
+		}
+	}
+	if rec.VFOrig != nil && rec.PF != "" {
+		if err := p.vf(host).Restore(rec.PF, rec.VFIndex, *rec.VFOrig); err != nil {
+			errs = append(errs, fmt.Errorf("restore VF %d on %s: %w", rec.VFIndex, rec.PF, err))
+		}
+	}
+	if temp != nil {
+		temp.Close()
+		temp = nil
+	}
+	if err := netdev.RemovePinnedNetns(tempPath); err != nil {
+		errs = append(errs, err)
+	}
+	var conf config.NetConf
+	if err := json.Unmarshal(rec.Config, &conf); err == nil {
+		if conf.IPAM.Type != "" {
+			if err := ipamDel(conf.IPAM.Type, rec); err != nil {
+				errs = append(errs, fmt.Errorf("IPAM DEL: %w", err))
+			}
+		}
+		if f := conf.RuntimeConfig.CNIDeviceInfoFile; f != "" {
+			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
+				errs = append(errs, err)
+			}
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	return store.Delete(rec.ContainerID, rec.IfName)
+}
+
+// ipamDel runs the IPAM plugin's DEL for a record, with the record's own
+// container, netns and ifname: GC calls it with none of them in its env.
+func ipamDel(plugin string, rec *state.Record) error {
+	paths := rec.CNIPath
+	if env := os.Getenv("CNI_PATH"); env != "" {
+		paths = env
+	}
+	pluginPath, err := invoke.FindInPath(plugin, strings.Split(paths, string(os.PathListSeparator)))
+	if err != nil {
+		return err
+	}
+	a := &invoke.Args{Command: "DEL", ContainerID: rec.ContainerID, NetNS: rec.Netns, IfName: rec.IfName, Path: paths}
+	return invoke.ExecPluginWithoutResult(context.Background(), pluginPath, rec.Config, a, nil)
+}
+
+// Check compares the live attachment with prevResult and the netconf.
+func (p *Plugin) Check(args *skel.CmdArgs) error {
+	conf, err := config.Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	log, done := p.logger(conf, args, "CHECK")
+	defer done()
+	if conf.RawPrevResult == nil {
+		return types.NewError(types.ErrInvalidNetworkConfig, "prevResult: missing", "")
+	}
+	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
+		return typed(types.ErrDecodingFailure, "prevResult", err)
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return typed(types.ErrDecodingFailure, "prevResult", err)
+	}
+	store, err := state.Open(conf.State())
+	if err != nil {
+		return typed(types.ErrIOFailure, "state directory", err)
+	}
+	rec, err := store.Load(args.ContainerID, args.IfName)
+	if err != nil {
+		return typed(types.ErrUnknownContainer, "no railnet attachment "+args.ContainerID+"/"+args.IfName, err)
+	}
+	if rec.Phase != state.PhaseDone {
+		return types.NewError(types.ErrTryAgainLater, "attachment is incomplete (phase "+rec.Phase+")", "")
+	}
+	if conf.IPAM.Type != "" {
+		if err := ipam.ExecCheck(conf.IPAM.Type, args.StdinData); err != nil {
+			return asCNI(err, types.ErrInternal, "IPAM CHECK")
+		}
+	}
+	host, err := netdev.OpenNamespace("")
+	if err != nil {
+		return typed(types.ErrInternal, "open the host netns", err)
+	}
+	defer host.Close()
+	if rec.VFOrig != nil {
+		var dev Device
+		dev.IsVF, dev.VFIndex, dev.PF = true, rec.VFIndex, rec.PF
+		want := vfSettings(conf, &dev)
+		got, err := p.vf(host).Get(rec.PF, rec.VFIndex)
+		if err != nil {
+			return typed(types.ErrInternal, "read VF settings", err)
+		}
+		if err := compareVF(want, got); err != nil {
+			return typed(types.ErrInternal, fmt.Sprintf("VF %d on %s", rec.VFIndex, rec.PF), err)
+		}
+	}
+	if rec.HostName == "" {
+		return nil // userspace driver: nothing in the pod's netns
+	}
+	pod, err := openPod(args.Netns)
+	if err != nil {
+		return err
+	}
+	defer pod.Close()
+	l, err := pod.Handle.LinkByName(args.IfName)
+	if err != nil {
+		return typed(types.ErrInternal, args.IfName+" is not in the pod netns", err)
+	}
+	idx := -1
+	for i, ifc := range prev.Interfaces {
+		if ifc.Name == args.IfName && (ifc.Sandbox == "" || ifc.Sandbox == args.Netns) {
+			idx = i
+			if ifc.Mac != "" && !strings.EqualFold(ifc.Mac, l.Attrs().HardwareAddr.String()) {
+				return types.NewError(types.ErrInternal, fmt.Sprintf("%s has MAC %s, prevResult says %s", args.IfName, l.Attrs().HardwareAddr, ifc.Mac), "")
+			}
+			if ifc.Mtu != 0 && ifc.Mtu != l.Attrs().MTU {
+				return types.NewError(types.ErrInternal, fmt.Sprintf("%s has MTU %d, prevResult says %d", args.IfName, l.Attrs().MTU, ifc.Mtu), "")
+			}
+		}
+	}
+	if idx < 0 {
+		return types.NewError(types.ErrInternal, "prevResult has no interface "+args.IfName, "")
+	}
+	addrs, err := pod.Handle.AddrList(l, 0)
+	if err != nil {
+		return typed(types.ErrInternal, "list addresses of "+args.IfName, err)
+	}
+	for _, ip := range prev.IPs {
+		if ip.Interface != nil && *ip.Interface != idx {
+			continue
+		}
+		found := false
+		for _, a := range addrs {
+			if a.IPNet.IP.Equal(ip.Address.IP) && a.IPNet.Mask.String() == ip.Address.Mask.String() {
+				found = true
+			}
+		}
+		if !found {
+			return types.NewError(types.ErrInternal, fmt.Sprintf("%s lacks address %s", args.IfName, ip.Address.String()), "")
+		}
+	}
+	log.Debug("check passed")
+	return nil
+}
+
+func compareVF(want netdev.VFSettings, got state.VFState) error {
+	if len(want.MAC) > 0 && !strings.EqualFold(want.MAC.String(), got.MAC) {
+		return fmt.Errorf("MAC %s, want %s", got.MAC, want.MAC)
+	}
+	if want.VLAN != nil && *want.VLAN != got.VLAN {
+		return fmt.Errorf("VLAN %d, want %d", got.VLAN, *want.VLAN)
+	}
+	if want.QoS != nil && *want.QoS != got.QoS {
+		return fmt.Errorf("QoS %d, want %d", got.QoS, *want.QoS)
+	}
+	if want.SpoofChk != nil && *want.SpoofChk != got.SpoofChk {
+		return fmt.Errorf("spoofchk %v, want %v", got.SpoofChk, *want.SpoofChk)
+	}
+	if want.Trust != nil && *want.Trust != got.Trust {
+		return fmt.Errorf("trust %v, want %v", got.Trust, *want.Trust)
+	}
+	if want.LinkState != nil && *want.LinkState != got.LinkState {
+		return fmt.Errorf("link state %d, want %d", got.LinkState, *want.LinkState)
+	}
+	if want.MaxTxRate != nil && uint32(*want.MaxTxRate) != got.MaxTxRate {
+		return fmt.Errorf("max_tx_rate %d, want %d", got.MaxTxRate, *want.MaxTxRate)
+	}
+	if want.MinTxRate != nil && uint32(*want.MinTxRate) != got.MinTxRate {
+		return fmt.Errorf("min_tx_rate %d, want %d", got.MinTxRate, *want.MinTxRate)
+	}
+	return nil
+}
+
+// Status reports whether ADD could work: sysfs readable, state writable, IPAM ready.
+func (p *Plugin) Status(args *skel.CmdArgs) error {
+	conf, err := config.Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	sys, err := sysfs.New(conf.Root())
+	if err != nil {
+		return typed(types.ErrPluginNotAvailable, "sysfs root "+conf.Root()+" is not readable", err)
+	}
+	defer sys.Close()
+	if _, err := sys.ReadNames("bus/pci/devices"); err != nil {
+		return typed(types.ErrPluginNotAvailable, "sysfs root "+conf.Root()+" has no PCI devices", err)
+	}
+	store, err := state.Open(conf.State())
+	if err == nil {
+		err = store.Writable()
+	}
+	if err != nil {
+		return typed(types.ErrPluginNotAvailable, "state directory "+conf.State()+" is not writable", err)
+	}
+	if conf.IPAM.Type != "" {
+		if err := ipam.ExecStatus(conf.IPAM.Type, args.StdinData); err != nil {
+			if te, ok := config.IsTypeError(err); ok {
+				return te
+			}
+			return typed(types.ErrLimitedConnectivity, "IPAM "+conf.IPAM.Type+" is not ready", err)
+		}
+	}
+	return nil
+}
+
+// GC releases every attachment of this network whose record is not in
+// cni.dev/valid-attachments, past failures, then lets IPAM collect too.
+func (p *Plugin) GC(args *skel.CmdArgs) error {
+	conf, err := config.Parse(args.StdinData)
+	if err != nil {
+		return err
+	}
+	log, done := p.logger(conf, nil, "GC")
+	defer done()
+	valid := map[string]bool{}
+	for _, a := range conf.ValidAttachments {
+		valid[a.ContainerID+"\x00"+a.IfName] = true
+	}
+	store, err := state.Open(conf.State())
+	if err != nil {
+		return typed(types.ErrIOFailure, "state directory", err)
+	}
+	host, err := netdev.OpenNamespace("")
+	if err != nil {
+		return typed(types.ErrInternal, "open the host netns", err)
+	}
+	defer host.Close()
+	recs, lerrs := store.List()
+	errs := lerrs
+	for _, rec := range recs {
+		if rec.Network != conf.Name || valid[rec.ContainerID+"\x00"+rec.IfName] {
+			continue
+		}
+		lock, err := store.LockDevice(rec.BDF, p.lockTimeout())
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		rl := log.With("containerID", rec.ContainerID, "ifname", rec.IfName, "netns", rec.Netns)
+		if err := p.teardown(rl, store, host, rec); err != nil {
+			errs = append(errs, fmt.Errorf("%s/%s: %w", rec.ContainerID, rec.IfName, err))
+			rl.Error("GC could not release", "err", err)
+		} else {
+			rl.Info("GC released", "device", rec.BDF)
+		}
+		lock.Unlock()
+	}
+	if conf.IPAM.Type != "" {
+		if err := invoke.DelegateGC(context.Background(), conf.IPAM.Type, args.StdinData, nil); err != nil {
+			errs = append(errs, fmt.Errorf("IPAM GC: %w", err))
+		}
+	}
+	if len(errs) > 0 {
+		return typed(types.ErrTryAgainLater, "GC left some attachments", errors.Join(errs...))
+	}
+	return nil
+}

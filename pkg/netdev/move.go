@@ -1,0 +1,191 @@
+package netdev
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+)
+
+// HostState is what a netdev looked like in the host before a move.
+type HostState struct {
+	Name  string
+	MAC   string
+	MTU   int
+	Alias string
+	Up    bool
+}
+
+// Snapshot reads a host link's state.
+func Snapshot(host *Namespace, name string) (HostState, error) {
+	l, err := host.Handle.LinkByName(name)
+	if err != nil {
+		return HostState{}, fmt.Errorf("netdev %s: %w", name, err)
+	}
+	a := l.Attrs()
+	return HostState{Name: a.Name, MAC: a.HardwareAddr.String(), MTU: a.MTU, Alias: a.Alias, Up: a.Flags&net.FlagUp != 0}, nil
+}
+
+// MoveIn moves host link hostName into pod as ifName: it stores the host
+// name in the alias (so DEL can restore it even if the record is lost),
+// renames the link in the temp namespace (no clash with names in the pod
+// or with udev in the host), moves it into the pod, sets MAC and MTU when
+// given and brings it up. On failure every step is undone.
+func MoveIn(host, temp, pod *Namespace, hostName, ifName string, mac net.HardwareAddr, mtu int) (err error) {
+	l, err := host.Handle.LinkByName(hostName)
+	if err != nil {
+		return fmt.Errorf("netdev %s: %w", hostName, err)
+	}
+	orig := l.Attrs()
+	origAlias, origMAC, origMTU, origUp := orig.Alias, orig.HardwareAddr, orig.MTU, orig.Flags&net.FlagUp != 0
+	if err := host.Handle.LinkSetAlias(l, hostName); err != nil {
+		return fmt.Errorf("set alias of %s: %w", hostName, err)
+	}
+	defer func() {
+		if err != nil {
+			// Whatever happened, bring it home as it was.
+			if rerr := MoveOut(host, temp, pod, HostState{Name: hostName, MAC: origMAC.String(), MTU: origMTU, Alias: origAlias, Up: origUp}, ifName); rerr != nil {
+				err = errors.Join(err, fmt.Errorf("rollback: %w", rerr))
+			}
+		}
+	}()
+	if err := host.Handle.LinkSetDown(l); err != nil {
+		return fmt.Errorf("set %s down: %w", hostName, err)
+	}
+	if err := host.Handle.LinkSetNsFd(l, int(temp.NS)); err != nil {
+		return fmt.Errorf("move %s to the temp netns: %w", hostName, err)
+	}
+	tl, err := temp.Handle.LinkByName(hostName)
+	if err != nil {
+		return fmt.Errorf("find %s in the temp netns: %w", hostName, err)
+	}
+	if err := temp.Handle.LinkSetName(tl, ifName); err != nil {
+		return fmt.Errorf("rename %s to %s: %w", hostName, ifName, err)
+	}
+	if err := temp.Handle.LinkSetNsFd(tl, int(pod.NS)); err != nil {
+		return fmt.Errorf("move %s into the pod netns: %w", ifName, err)
+	}
+	pl, err := pod.Handle.LinkByName(ifName)
+	if err != nil {
+		return fmt.Errorf("find %s in the pod netns: %w", ifName, err)
+	}
+	if len(mac) > 0 {
+		if err := pod.Handle.LinkSetHardwareAddr(pl, mac); err != nil {
+			return fmt.Errorf("set MAC %s on %s: %w", mac, ifName, err)
+		}
+	}
+	if mtu > 0 && mtu != pl.Attrs().MTU {
+		if err := pod.Handle.LinkSetMTU(pl, mtu); err != nil {
+			return fmt.Errorf("set MTU %d on %s: %w", mtu, ifName, err)
+		}
+	}
+	if err := pod.Handle.LinkSetUp(pl); err != nil {
+		return fmt.Errorf("set %s up: %w", ifName, err)
+	}
+	return nil
+}
+
+// ErrNotFound: the link is in none of the namespaces searched.
+var ErrNotFound = errors.New("netdev not found")
+
+// findByAlias finds the link carrying alias (or named name) in ns.
+func findLink(n *Namespace, names []string, alias string) (netlink.Link, error) {
+	if n == nil {
+		return nil, ErrNotFound
+	}
+	for _, name := range names {
+		if name == "" {
+			continue
+		}
+		if l, err := n.Handle.LinkByName(name); err == nil && (alias == "" || l.Attrs().Alias == alias || l.Attrs().Name == alias) {
+			return l, nil
+		}
+	}
+	if alias != "" {
+		links, err := n.Handle.LinkList()
+		if err != nil {
+			return nil, err
+		}
+		for _, l := range links {
+			if l.Attrs().Alias == alias {
+				return l, nil
+			}
+		}
+	}
+	return nil, ErrNotFound
+}
+
+// MoveOut brings the link back to the host as it was: found in the pod
+// (under ifName, or whatever name the pod gave it, by its alias), in the
+// temp namespace (a crash mid-move), or already in the host (the pod's
+// namespace is gone and the kernel returned it); renamed in the temp
+// namespace, moved home, MAC, MTU, alias and link state restored.
+// pod and temp may be nil (gone). A link found nowhere is ErrNotFound.
+func MoveOut(host, temp, pod *Namespace, orig HostState, ifName string) error {
+	alias := orig.Name
+	var l netlink.Link
+	var err error
+	where := host
+	if l, err = findLink(pod, []string{ifName}, alias); err == nil {
+		where = pod
+	} else if l, err = findLink(temp, []string{ifName, orig.Name}, alias); err == nil {
+		where = temp
+	} else if l, err = findLink(host, []string{orig.Name, ifName}, alias); err != nil {
+		return fmt.Errorf("%s (alias %s): %w", ifName, alias, ErrNotFound)
+	}
+	if where != host {
+		where.Handle.LinkSetDown(l)
+		if where == pod && temp != nil {
+			// Rename in the temp netns: the host may have a link called
+			// ifName, the pod one called like the host link.
+			if err := pod.Handle.LinkSetNsFd(l, int(temp.NS)); err != nil {
+				return fmt.Errorf("move %s to the temp netns: %w", ifName, err)
+			}
+			if l, err = findLink(temp, []string{ifName}, alias); err != nil {
+				return fmt.Errorf("find %s in the temp netns: %w", ifName, err)
+			}
+			where = temp
+		}
+		if l.Attrs().Name != orig.Name {
+			if err := where.Handle.LinkSetName(l, orig.Name); err != nil {
+				return fmt.Errorf("rename %s to %s: %w", l.Attrs().Name, orig.Name, err)
+			}
+		}
+		if err := where.Handle.LinkSetNsFd(l, int(host.NS)); err != nil {
+			return fmt.Errorf("move %s to the host: %w", orig.Name, err)
+		}
+		if l, err = host.Handle.LinkByName(orig.Name); err != nil {
+			return fmt.Errorf("find %s in the host: %w", orig.Name, err)
+		}
+	} else {
+		host.Handle.LinkSetDown(l)
+		if l.Attrs().Name != orig.Name {
+			if err := host.Handle.LinkSetName(l, orig.Name); err != nil {
+				return fmt.Errorf("rename %s to %s: %w", l.Attrs().Name, orig.Name, err)
+			}
+		}
+	}
+	var errs []error
+	if orig.MAC != "" && l.Attrs().HardwareAddr.String() != orig.MAC {
+		if hw, err := net.ParseMAC(orig.MAC); err == nil {
+			if err := host.Handle.LinkSetHardwareAddr(l, hw); err != nil {
+				errs = append(errs, fmt.Errorf("restore MAC of %s: %w", orig.Name, err))
+			}
+		}
+	}
+	if orig.MTU > 0 && l.Attrs().MTU != orig.MTU {
+		if err := host.Handle.LinkSetMTU(l, orig.MTU); err != nil {
+			errs = append(errs, fmt.Errorf("restore MTU of %s: %w", orig.Name, err))
+		}
+	}
+	if err := host.Handle.LinkSetAlias(l, orig.Alias); err != nil {
+		errs = append(errs, fmt.Errorf("restore alias of %s: %w", orig.Name, err))
+	}
+	if orig.Up {
+		if err := host.Handle.LinkSetUp(l); err != nil {
+			errs = append(errs, fmt.Errorf("set %s up: %w", orig.Name, err))
+		}
+	}
+	return errors.Join(errs...)
+}

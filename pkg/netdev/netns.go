@@ -1,0 +1,117 @@
+// Package netdev moves network devices between namespaces and configures
+// VFs on their PF, each mutation paired with its undo. It works through
+// netlink handles opened in the namespace concerned, never by switching the
+// calling thread.
+package netdev
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// NewPinnedNetns creates a network namespace bind-mounted at path, so it
+// outlives this process: a crash while a device sits in it leaves the
+// device where DEL or GC can find it (a veth in an unreferenced namespace
+// is destroyed; a VF would be pushed back to the host under any name).
+func NewPinnedNetns(path string) error {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+	if err != nil {
+		return fmt.Errorf("temp netns %s: %w", path, err)
+	}
+	f.Close()
+	errc := make(chan error, 1)
+	go func() {
+		// This thread enters the new namespace and is never unlocked: the
+		// runtime discards it when the goroutine ends.
+		runtime.LockOSThread()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			errc <- fmt.Errorf("unshare: %w", err)
+			return
+		}
+		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			errc <- fmt.Errorf("bind %s: %w", path, err)
+			return
+		}
+		errc <- nil
+	}()
+	if err := <-errc; err != nil {
+		os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+// RemovePinnedNetns unmounts and removes a pinned namespace. Missing is fine.
+func RemovePinnedNetns(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
+		return fmt.Errorf("unmount %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// Namespace is an open network namespace with a netlink handle in it.
+type Namespace struct {
+	NS     netns.NsHandle
+	Handle *netlink.Handle
+	Path   string
+}
+
+// OpenNamespace opens the namespace at path ("" = this process's).
+func OpenNamespace(path string) (*Namespace, error) {
+	var h netns.NsHandle
+	var err error
+	if path == "" {
+		h, err = netns.GetFromPath(fmt.Sprintf("/proc/%d/ns/net", os.Getpid()))
+	} else {
+		h, err = netns.GetFromPath(path)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := isNetns(int(h)); err != nil {
+		h.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	return &Namespace{NS: h, Handle: nh, Path: path}, nil
+}
+
+// ErrNotNetns is returned for a path that is not a network namespace.
+var ErrNotNetns = errors.New("not a network namespace")
+
+func isNetns(fd int) error {
+	var st unix.Statfs_t
+	if err := unix.Fstatfs(fd, &st); err != nil {
+		return err
+	}
+	// NSFS_MAGIC; older kernels: PROC_SUPER_MAGIC.
+	if st.Type != 0x6e736673 && st.Type != 0x9fa0 {
+		return ErrNotNetns
+	}
+	return nil
+}
+
+// Close releases the handle and the namespace.
+func (n *Namespace) Close() {
+	if n == nil {
+		return
+	}
+	if n.Handle != nil {
+		n.Handle.Close()
+	}
+	n.NS.Close()
+}

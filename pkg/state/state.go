@@ -1,0 +1,246 @@
+// Package state keeps one record per CNI attachment on disk: written
+// atomically before a device is touched, read by DEL, GC and the reconciler,
+// and guarded by a per-device file lock so two attachments never race for
+// one device.
+package state
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// DefaultDir is where the CNI keeps its records.
+const DefaultDir = "/var/lib/cni/railnet"
+
+// Phases of an ADD, recorded before each step so a crash leaves a record
+// that says how far it got.
+const (
+	PhaseReserved = "reserved"  // record written, nothing touched
+	PhaseVFConfig = "vf-config" // VF settings being applied on the PF
+	PhaseMoving   = "moving"    // netdev between host, temp netns and pod
+	PhaseIPAM     = "ipam"      // IPAM ADD in progress
+	PhaseDone     = "done"      // ADD returned success
+)
+
+// VFState is a VF's settings as the PF reports them.
+type VFState struct {
+	MAC       string `json:"mac,omitempty"`
+	VLAN      int    `json:"vlan"`
+	QoS       int    `json:"qos"`
+	VLANProto int    `json:"vlanProto,omitempty"`
+	SpoofChk  bool   `json:"spoofchk"`
+	Trust     bool   `json:"trust"`
+	LinkState uint32 `json:"linkState"`
+	MinTxRate uint32 `json:"minTxRate"`
+	MaxTxRate uint32 `json:"maxTxRate"`
+}
+
+// Record is one attachment.
+type Record struct {
+	ContainerID string    `json:"containerID"`
+	IfName      string    `json:"ifName"`
+	Netns       string    `json:"netns"`
+	Network     string    `json:"network"` // the netconf's name: GC is per network
+	CNIPath     string    `json:"cniPath,omitempty"`
+	Created     time.Time `json:"created"`
+	Phase       string    `json:"phase"`
+
+	DeviceID string `json:"deviceID"` // as given
+	BDF      string `json:"bdf"`
+	PF       string `json:"pf,omitempty"`   // PF netdev name (VF settings)
+	VFIndex  int    `json:"vfIndex"`        // -1: not a VF
+	Driver   string `json:"driver"`         // vfio-pci: no netdev move
+	RDMA     string `json:"rdma,omitempty"` // RDMA device moved with the netdev
+
+	// The host netdev as it was.
+	HostName  string `json:"hostName,omitempty"`
+	HostMAC   string `json:"hostMac,omitempty"`
+	HostMTU   int    `json:"hostMtu,omitempty"`
+	HostAlias string `json:"hostAlias,omitempty"`
+	HostUp    bool   `json:"hostUp,omitempty"`
+	TempNetns string `json:"tempNetns,omitempty"` // where the netdev is renamed
+
+	VFOrig    *VFState `json:"vfOrig,omitempty"`    // VF settings before ADD
+	RDMAMoved bool     `json:"rdmaMoved,omitempty"` // exclusive mode: moved into the pod
+
+	Config []byte `json:"config"` // the netconf ADD got (DEL and GC reuse it)
+}
+
+// Store is a state directory.
+type Store struct{ dir string }
+
+// Open prepares dir (0700) and returns a store.
+func Open(dir string) (*Store, error) {
+	if dir == "" {
+		dir = DefaultDir
+	}
+	for _, d := range []string{dir, filepath.Join(dir, "records"), filepath.Join(dir, "locks"), filepath.Join(dir, "netns")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return nil, fmt.Errorf("state dir: %w", err)
+		}
+	}
+	return &Store{dir: dir}, nil
+}
+
+// Dir is the store's directory.
+func (s *Store) Dir() string { return s.dir }
+
+// Writable checks that records can be written (STATUS).
+func (s *Store) Writable() error {
+	f, err := os.CreateTemp(filepath.Join(s.dir, "records"), ".probe-*")
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
+func key(containerID, ifName string) string {
+	r := strings.NewReplacer("/", "_", "\x00", "_")
+	return r.Replace(containerID) + "-" + r.Replace(ifName) + ".json"
+}
+
+func (s *Store) path(containerID, ifName string) string {
+	return filepath.Join(s.dir, "records", key(containerID, ifName))
+}
+
+// Save writes the record atomically (temp file, fsync, rename, fsync dir).
+func (s *Store) Save(r *Record) error {
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	dir := filepath.Join(s.dir, "records")
+	tmp, err := os.CreateTemp(dir, ".rec-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(b); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), s.path(r.ContainerID, r.IfName)); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// Load returns the record, or an error wrapping os.ErrNotExist.
+func (s *Store) Load(containerID, ifName string) (*Record, error) {
+	b, err := os.ReadFile(s.path(containerID, ifName))
+	if err != nil {
+		return nil, err
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("record %s/%s: %w", containerID, ifName, err)
+	}
+	return &r, nil
+}
+
+// Delete removes the record; a missing one is fine.
+func (s *Store) Delete(containerID, ifName string) error {
+	err := os.Remove(s.path(containerID, ifName))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+// List returns every record (unreadable ones are skipped and reported).
+func (s *Store) List() ([]*Record, []error) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, "records"))
+	if err != nil {
+		return nil, []error{err}
+	}
+	var out []*Record
+	var errs []error
+	for _, e := range ents {
+		if !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(s.dir, "records", e.Name()))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		var r Record
+		if err := json.Unmarshal(b, &r); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", e.Name(), err))
+			continue
+		}
+		out = append(out, &r)
+	}
+	return out, errs
+}
+
+// ByBDF returns the record that holds the device, if any.
+func (s *Store) ByBDF(bdf string) (*Record, error) {
+	recs, _ := s.List()
+	for _, r := range recs {
+		if r.BDF == bdf {
+			return r, nil
+		}
+	}
+	return nil, os.ErrNotExist
+}
+
+// Lock is a held per-device lock.
+type Lock struct{ f *os.File }
+
+// LockDevice takes the device's lock, waiting up to timeout.
+func (s *Store) LockDevice(bdf string, timeout time.Duration) (*Lock, error) {
+	p := filepath.Join(s.dir, "locks", strings.ReplaceAll(bdf, "/", "_")+".lock")
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		if err == nil {
+			return &Lock{f: f}, nil
+		}
+		if err != unix.EWOULDBLOCK || time.Now().After(deadline) {
+			f.Close()
+			if err == unix.EWOULDBLOCK {
+				return nil, fmt.Errorf("device %s is locked by another operation", bdf)
+			}
+			return nil, err
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Unlock releases the lock (also released when the process dies).
+func (l *Lock) Unlock() {
+	if l != nil && l.f != nil {
+		unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
+		l.f.Close()
+		l.f = nil
+	}
+}
+
+// NetnsPath is where a temp netns of an attachment is bind-mounted.
+func (s *Store) NetnsPath(containerID, ifName string) string {
+	return filepath.Join(s.dir, "netns", strings.TrimSuffix(key(containerID, ifName), ".json"))
+}
