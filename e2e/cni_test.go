@@ -98,6 +98,11 @@ func newCNIEnv(tb testing.TB, pairs int) *cniEnv {
 			netlink.LinkSetUp(l)
 		}
 	}
+	// The PF's netdev is a veth too: whole-netdev attachments use it.
+	pf := &netlink.Veth{LinkAttrs: netlink.LinkAttrs{Name: "rn" + e.tag + "pf", MTU: 9000}, PeerName: "rn" + e.tag + "pp"}
+	if err := netlink.LinkAdd(pf); err != nil {
+		tb.Fatalf("PF veth: %v", err)
+	}
 	tb.Cleanup(e.cleanup)
 	e.cni = libcni.NewCNIConfigWithCacheDir([]string{binDir, cniPluginDir}, e.cache, nil)
 	return e

@@ -293,7 +293,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		if err := store.Save(rec); err != nil {
 			return typed(types.ErrIOFailure, "write the attachment record", err)
 		}
-		r, err := ipam.ExecAdd(conf.IPAM.Type, args.StdinData)
+		r, err := delegate(args, "ADD", conf.IPAM.Type)
 		if err != nil {
 			return asCNI(err, types.ErrInternal, "IPAM "+conf.IPAM.Type)
 		}
@@ -405,7 +405,7 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		// Nothing of ours to undo; release the address in case ADD died
 		// before its record (IPAM DEL is idempotent).
 		if conf.IPAM.Type != "" {
-			if err := ipam.ExecDel(conf.IPAM.Type, args.StdinData); err != nil {
+			if _, err := delegate(args, "DEL", conf.IPAM.Type); err != nil {
 				log.Warn("IPAM DEL without a record", "err", err)
 			}
 		}
@@ -511,6 +511,24 @@ func (p *Plugin) teardown(log *slog.Logger, store *state.Store, host *netdev.Nam
 	return store.Delete(rec.ContainerID, rec.IfName)
 }
 
+// delegate runs the IPAM plugin for this invocation with the arguments it
+// got (not from the process environment, so the plugin also works
+// in-process and from GC). ADD returns its result.
+func delegate(args *skel.CmdArgs, cmd, plugin string) (types.Result, error) {
+	paths := filepath.SplitList(os.Getenv("CNI_PATH"))
+	pluginPath, err := invoke.FindInPath(plugin, paths)
+	if err != nil {
+		return nil, err
+	}
+	a := &invoke.Args{Command: cmd, ContainerID: args.ContainerID, NetNS: args.Netns, IfName: args.IfName,
+		PluginArgsStr: args.Args, Path: os.Getenv("CNI_PATH")}
+	ctx := context.Background()
+	if cmd == "ADD" {
+		return invoke.ExecPluginWithResult(ctx, pluginPath, args.StdinData, a, nil)
+	}
+	return nil, invoke.ExecPluginWithoutResult(ctx, pluginPath, args.StdinData, a, nil)
+}
+
 // ipamDel runs the IPAM plugin's DEL for a record, with the record's own
 // container, netns and ifname: GC calls it with none of them in its env.
 func ipamDel(plugin string, rec *state.Record) error {
@@ -556,7 +574,7 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 		return types.NewError(types.ErrTryAgainLater, "attachment is incomplete (phase "+rec.Phase+")", "")
 	}
 	if conf.IPAM.Type != "" {
-		if err := ipam.ExecCheck(conf.IPAM.Type, args.StdinData); err != nil {
+		if _, err := delegate(args, "CHECK", conf.IPAM.Type); err != nil {
 			return asCNI(err, types.ErrInternal, "IPAM CHECK")
 		}
 	}
@@ -676,7 +694,7 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 		return typed(types.ErrPluginNotAvailable, "state directory "+conf.State()+" is not writable", err)
 	}
 	if conf.IPAM.Type != "" {
-		if err := ipam.ExecStatus(conf.IPAM.Type, args.StdinData); err != nil {
+		if _, err := delegate(args, "STATUS", conf.IPAM.Type); err != nil {
 			if te, ok := config.IsTypeError(err); ok {
 				return te
 			}
