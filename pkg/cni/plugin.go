@@ -524,9 +524,9 @@ func delegate(args *skel.CmdArgs, cmd, plugin string) (types.Result, error) {
 		PluginArgsStr: args.Args, Path: os.Getenv("CNI_PATH")}
 	ctx := context.Background()
 	if cmd == "ADD" {
-		return invoke.ExecPluginWithResult(ctx, pluginPath, args.StdinData, a, nil)
+		return invoke.ExecPluginWithResult(ctx, pluginPath, args.StdinData, a, childExec{})
 	}
-	return nil, invoke.ExecPluginWithoutResult(ctx, pluginPath, args.StdinData, a, nil)
+	return nil, invoke.ExecPluginWithoutResult(ctx, pluginPath, args.StdinData, a, childExec{})
 }
 
 // ipamDel runs the IPAM plugin's DEL for a record, with the record's own
@@ -541,7 +541,7 @@ func ipamDel(plugin string, rec *state.Record) error {
 		return err
 	}
 	a := &invoke.Args{Command: "DEL", ContainerID: rec.ContainerID, NetNS: rec.Netns, IfName: rec.IfName, Path: paths}
-	return invoke.ExecPluginWithoutResult(context.Background(), pluginPath, rec.Config, a, nil)
+	return invoke.ExecPluginWithoutResult(context.Background(), pluginPath, rec.Config, a, childExec{})
 }
 
 // Check compares the live attachment with prevResult and the netconf.
@@ -747,7 +747,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		lock.Unlock()
 	}
 	if conf.IPAM.Type != "" {
-		if err := invoke.DelegateGC(context.Background(), conf.IPAM.Type, args.StdinData, nil); err != nil {
+		if err := invoke.DelegateGC(context.Background(), conf.IPAM.Type, args.StdinData, childExec{}); err != nil {
 			errs = append(errs, fmt.Errorf("IPAM GC: %w", err))
 		}
 	}
