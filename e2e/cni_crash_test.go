@@ -86,7 +86,7 @@ func TestCNICrashSafety(t *testing.T) {
 			t.Fatalf("iteration %d (kill after %v, %s): leases left %v", i, delay, how, l)
 		}
 		left, _ := filepath.Glob(filepath.Join(e.state, "records", "*.json"))
-		nss, _ := filepath.Glob(filepath.Join(e.state, "netns", "*"))
+		nss := tempNetns(e)
 		if len(left) != 0 || len(nss) != 0 {
 			t.Fatalf("iteration %d (kill after %v, %s): records %v, temp netns %v", i, delay, how, left, nss)
 		}

@@ -50,7 +50,7 @@ func hostView(t *testing.T, e *cniEnv) string {
 	}
 	slices.Sort(parts)
 	recs, _ := filepath.Glob(filepath.Join(e.state, "records", "*"))
-	nss, _ := filepath.Glob(filepath.Join(e.state, "netns", "*"))
+	nss := tempNetns(e)
 	return strings.Join(parts, "\n") + "\nrecords " + strings.Join(recs, ",") + "\nnetns " + strings.Join(nss, ",") +
 		"\nleases " + strings.Join(leases(t, e.ipamDir), ",")
 }
@@ -120,4 +120,17 @@ func TestCNIBadInput(t *testing.T) {
 			}
 		})
 	}
+}
+
+// tempNetns lists namespaces pinned under the state dir, but for the shared
+// staging one, which lives across attachments by design.
+func tempNetns(e *cniEnv) []string {
+	var out []string
+	ents, _ := os.ReadDir(filepath.Join(e.state, "netns"))
+	for _, ent := range ents {
+		if ent.Name() != "staging" {
+			out = append(out, ent.Name())
+		}
+	}
+	return out
 }

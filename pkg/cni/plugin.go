@@ -246,16 +246,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	result := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	iface := &current.Interface{Name: args.IfName, PciID: dev.BDF}
 	if dev.Netdev != "" {
-		rec.TempNetns, rec.Phase = store.NetnsPath(args.ContainerID, args.IfName), state.PhaseMoving
+		rec.TempNetns, rec.Phase = store.StagingPath(), state.PhaseMoving
 		if err := store.Save(rec); err != nil {
 			return typed(types.ErrIOFailure, "write the attachment record", err)
-		}
-		if err := netdev.NewPinnedNetns(rec.TempNetns); err != nil {
-			return typed(types.ErrInternal, "create the temp netns", err)
-		}
-		temp, err := netdev.OpenNamespace(rec.TempNetns)
-		if err != nil {
-			return typed(types.ErrInternal, "open the temp netns", err)
 		}
 		mtu := 0
 		if conf.MTU != nil {
@@ -265,13 +258,10 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		if dev.IsVF && len(settings.MAC) > 0 {
 			mac = nil // the VF MAC is set through the PF; the netdev follows it
 		}
-		err = netdev.MoveIn(host, temp, pod, dev.Netdev, args.IfName, mac, mtu)
-		temp.Close()
-		if err != nil {
+		if err := p.withStaging(store, func(temp *netdev.Namespace) error {
+			return netdev.MoveIn(host, temp, pod, dev.Netdev, args.IfName, mac, mtu)
+		}); err != nil {
 			return typed(types.ErrInternal, fmt.Sprintf("move %s into the pod as %s", dev.Netdev, args.IfName), err)
-		}
-		if err := netdev.RemovePinnedNetns(rec.TempNetns); err != nil {
-			log.Warn("remove temp netns", "err", err)
 		}
 		rec.TempNetns = ""
 		if err := store.Save(rec); err != nil {
@@ -436,32 +426,11 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 // deletes the record. The device lock must be held.
 func (p *Plugin) teardown(log *slog.Logger, store *state.Store, host *netdev.Namespace, rec *state.Record) error {
 	var errs []error
-	var pod, temp *netdev.Namespace
+	var pod *netdev.Namespace
 	if rec.Netns != "" {
 		if n, err := netdev.OpenNamespace(rec.Netns); err == nil {
 			pod = n
 			defer pod.Close()
-		}
-	}
-	tempPath := rec.TempNetns
-	if tempPath == "" {
-		tempPath = store.NetnsPath(rec.ContainerID, rec.IfName)
-	}
-	if _, err := os.Stat(tempPath); err == nil {
-		if n, err := netdev.OpenNamespace(tempPath); err == nil {
-			temp = n
-			defer temp.Close()
-		}
-	}
-	if temp == nil && pod != nil && rec.HostName != "" {
-		// A temp netns to rename in: the host may hold a link named like
-		// the pod's, the pod one named like the host's.
-		tempPath = store.NetnsPath(rec.ContainerID, rec.IfName)
-		if err := netdev.NewPinnedNetns(tempPath); err == nil {
-			if n, err := netdev.OpenNamespace(tempPath); err == nil {
-				temp = n
-				defer temp.Close()
-			}
 		}
 	}
 	if rec.RDMAMoved && pod != nil {
@@ -470,8 +439,10 @@ func (p *Plugin) teardown(log *slog.Logger, store *state.Store, host *netdev.Nam
 		}
 	}
 	if rec.HostName != "" && rec.Phase != state.PhaseReserved && rec.Phase != state.PhaseVFConfig {
-		err := netdev.MoveOut(host, temp, pod, netdev.HostState{Name: rec.HostName, MAC: rec.HostMAC, MTU: rec.HostMTU,
-			Alias: rec.HostAlias, Up: rec.HostUp}, rec.IfName)
+		err := p.withStaging(store, func(temp *netdev.Namespace) error {
+			return netdev.MoveOut(host, temp, pod, netdev.HostState{Name: rec.HostName, MAC: rec.HostMAC, MTU: rec.HostMTU,
+				Alias: rec.HostAlias, Up: rec.HostUp}, rec.IfName)
+		})
 		switch {
 		case errors.Is(err, netdev.ErrNotFound) && pod == nil:
 			// The pod's namespace is gone and took a virtual device with it.
@@ -484,13 +455,6 @@ func (p *Plugin) teardown(log *slog.Logger, store *state.Store, host *netdev.Nam
 		if err := p.vf(host).Restore(rec.PF, rec.VFIndex, *rec.VFOrig); err != nil {
 			errs = append(errs, fmt.Errorf("restore VF %d on %s: %w", rec.VFIndex, rec.PF, err))
 		}
-	}
-	if temp != nil {
-		temp.Close()
-		temp = nil
-	}
-	if err := netdev.RemovePinnedNetns(tempPath); err != nil {
-		errs = append(errs, err)
 	}
 	var conf config.NetConf
 	if err := json.Unmarshal(rec.Config, &conf); err == nil {
@@ -527,6 +491,31 @@ func delegate(args *skel.CmdArgs, cmd, plugin string) (types.Result, error) {
 		return invoke.ExecPluginWithResult(ctx, pluginPath, args.StdinData, a, childExec{})
 	}
 	return nil, invoke.ExecPluginWithoutResult(ctx, pluginPath, args.StdinData, a, childExec{})
+}
+
+// withStaging runs fn with the staging netns (created on first use), under
+// its lock. Creating a namespace costs more than moving a link; one that
+// lives across attachments makes the rename step nearly free, and being
+// pinned, it keeps a link that a crash left inside it for DEL to find.
+func (p *Plugin) withStaging(store *state.Store, fn func(*netdev.Namespace) error) error {
+	lock, err := store.LockStaging(p.lockTimeout())
+	if err != nil {
+		return err
+	}
+	defer lock.Unlock()
+	path := store.StagingPath()
+	temp, err := netdev.OpenNamespace(path)
+	if err != nil {
+		netdev.RemovePinnedNetns(path) // a stale mount point without a namespace
+		if err := netdev.NewPinnedNetns(path); err != nil {
+			return fmt.Errorf("staging netns: %w", err)
+		}
+		if temp, err = netdev.OpenNamespace(path); err != nil {
+			return fmt.Errorf("staging netns: %w", err)
+		}
+	}
+	defer temp.Close()
+	return fn(temp)
 }
 
 // ipamDel runs the IPAM plugin's DEL for a record, with the record's own

@@ -105,13 +105,17 @@ func isNetns(fd int) error {
 	return nil
 }
 
-// Close releases the handle and the namespace.
+// Close releases the handle and the namespace; closing twice is harmless.
 func (n *Namespace) Close() {
 	if n == nil {
 		return
 	}
 	if n.Handle != nil {
 		n.Handle.Close()
+		n.Handle = nil
 	}
-	n.NS.Close()
+	if n.NS.IsOpen() {
+		n.NS.Close()
+		n.NS = netns.None()
+	}
 }

@@ -240,7 +240,13 @@ func (l *Lock) Unlock() {
 	}
 }
 
-// NetnsPath is where a temp netns of an attachment is bind-mounted.
-func (s *Store) NetnsPath(containerID, ifName string) string {
-	return filepath.Join(s.dir, "netns", strings.TrimSuffix(key(containerID, ifName), ".json"))
+// StagingPath is where the staging netns is bind-mounted: one namespace,
+// shared by every attachment and kept across runs, in which links are
+// renamed on their way into and out of pods. Hold LockStaging to use it.
+func (s *Store) StagingPath() string { return filepath.Join(s.dir, "netns", "staging") }
+
+// LockStaging serializes use of the staging netns (a rename there must not
+// meet another attachment's link of the same name).
+func (s *Store) LockStaging(timeout time.Duration) (*Lock, error) {
+	return s.LockDevice("staging-netns", timeout)
 }
