@@ -41,4 +41,6 @@ func (childExec) FindInPath(plugin string, paths []string) (string, error) {
 	return invoke.FindInPath(plugin, paths)
 }
 
-func (childExec) Decode(b []byte) (version.PluginInfo, error) { return (&version.PluginDecoder{}).Decode(b) }
+func (childExec) Decode(b []byte) (version.PluginInfo, error) {
+	return (&version.PluginDecoder{}).Decode(b)
+}
