@@ -10,7 +10,7 @@ FUZZTIME ?= 10s
 DEMO_FIXTURE ?= testdata/fixtures/dgx-h100-like.json
 OUT     := out
 
-.PHONY: all build test unit fuzz-short bench demo lint deps clean
+.PHONY: all build test unit fuzz-short bench demo lint deps clean cni-plugins
 
 all: build
 
@@ -33,16 +33,23 @@ deps:
 # test is everything CI runs.
 test: deps lint unit fuzz-short
 
-unit: build
-	TMPDIR=$(TESTTMP) $(GO) test -count=1 -race ./...
+# The reference CNI plugins the CNI tests delegate to (IPAM) and compare with.
+CNI_PLUGINS_VERSION := v1.10.0
+CNI_PLUGINS := $(addprefix github.com/containernetworking/plugins/plugins/,ipam/host-local ipam/static main/host-device)
+cni-plugins:
+	@mkdir -p $(BIN)/cni
+	cd /tmp && GOBIN=$(CURDIR)/$(BIN)/cni GOFLAGS=-mod=mod $(GO) install $(addsuffix @$(CNI_PLUGINS_VERSION),$(CNI_PLUGINS))
+
+unit: build cni-plugins
+	TMPDIR=$(TESTTMP) RAILNET_CNI_PLUGINS=$(CURDIR)/$(BIN)/cni $(GO) test -count=1 -race ./...
 
 fuzz-short:
 	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParseBDF$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/sysfs
 	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/fakesys
 	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzExpandPattern$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/fakesys
 
-bench:
-	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -bench=. -benchmem -count=1 ./...
+bench: build cni-plugins
+	TMPDIR=$(TESTTMP) RAILNET_CNI_PLUGINS=$(CURDIR)/$(BIN)/cni $(GO) test -run='^$$' -bench=. -benchmem -count=1 ./...
 
 lint:
 	$(GO) vet ./...

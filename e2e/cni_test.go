@@ -282,6 +282,10 @@ func TestCNIAddDelRestoresHostLink(t *testing.T) {
 	if err != nil || !strings.Contains(string(info), `"pci-address":"`+vfBDF(0)+`"`) || !strings.Contains(string(info), `"pf-pci-address":"`+e.pfBDF+`"`) {
 		t.Errorf("device-info file: %s %v", info, err)
 	}
+	// The pod renames its interface: DEL still finds it by the alias.
+	if out, err := exec.Command("ip", "-n", filepath.Base(ns), "link", "set", "net1", "name", "renamed0").CombinedOutput(); err != nil {
+		t.Fatalf("rename in the pod: %v %s", err, out)
+	}
 	if err := e.cni.DelNetworkList(ctx, list, rc); err != nil {
 		t.Fatalf("DEL: %v", err)
 	}
@@ -463,5 +467,36 @@ func TestCNIDeviceInUse(t *testing.T) {
 	}
 	if err := e.cni.CheckNetworkList(ctx, list, rt("c1", ns1, "net1", vfBDF(0))); err != nil {
 		t.Errorf("the holder's attachment broke: %v", err)
+	}
+}
+
+// The static IPAM plugin with addresses from runtimeConfig.ips (Multus'
+// "ips" capability) and a CNI_ARGS-style pod identity.
+func TestCNIStaticIPAM(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	list := e.conflist(t, "1.1.0", map[string]any{
+		"capabilities": map[string]bool{"deviceID": true, "ips": true},
+		"ipam":         map[string]any{"type": "static"}})
+	ns := e.netns(t)
+	ctx := context.Background()
+	rc := rt("st1", ns, "net1", vfBDF(0))
+	rc.CapabilityArgs["ips"] = []string{"198.18.90.7/24"}
+	rc.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "default"}, {"K8S_POD_NAME", "trainer-0"}} // as CRI runtimes pass them
+	res, err := e.cni.AddNetworkList(ctx, list, rc)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if js, _ := json.Marshal(res); !strings.Contains(string(js), "198.18.90.7/24") {
+		t.Errorf("result: %s", js)
+	}
+	out, _ := exec.Command("ip", "-n", filepath.Base(ns), "-4", "-o", "addr", "show", "net1").CombinedOutput()
+	if !strings.Contains(string(out), "198.18.90.7/24") {
+		t.Errorf("address in the pod: %s", out)
+	}
+	if err := e.cni.DelNetworkList(ctx, list, rc); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := hostLink(t, e.vfName(0)); !ok {
+		t.Error("not back")
 	}
 }

@@ -87,6 +87,12 @@ func (p *Plugin) logger(conf *config.NetConf, args *skel.CmdArgs, cmd string) (*
 	l := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})).With("cmd", cmd)
 	if args != nil {
 		l = l.With("containerID", args.ContainerID, "netns", args.Netns, "ifname", args.IfName)
+		// CNI_ARGS from Multus/kubelet: K8S_POD_NAMESPACE=..;K8S_POD_NAME=..
+		for _, kv := range strings.Split(args.Args, ";") {
+			if k, v, ok := strings.Cut(kv, "="); ok && (k == "K8S_POD_NAMESPACE" || k == "K8S_POD_NAME") {
+				l = l.With(k, v)
+			}
+		}
 	}
 	return l, closeFn
 }
