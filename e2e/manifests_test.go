@@ -9,6 +9,7 @@ import (
 
 	"sigs.k8s.io/yaml"
 
+	cniconfig "github.com/railnet/railnet/pkg/cni/config"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 	"github.com/railnet/railnet/pkg/pools"
 )
@@ -92,5 +93,36 @@ func TestManifests(t *testing.T) {
 	out, err = exec.Command(filepath.Join(binDir, "railnetctl"), "validate-config", "--sysfs-root", tree.Sys, "--devfs-root", tree.Dev, cfgFile).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "railnet.io/rail7") || !strings.Contains(strings.Join(strings.Fields(string(out)), " "), "railnet.io/storage-hca rdma 64 devices (32 healthy)") {
 		t.Errorf("example config on dgx-h100-like: %v\n%s", err, out)
+	}
+}
+
+func TestNADExamples(t *testing.T) {
+	raw, err := os.ReadFile("../deployments/nad-examples.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		var nad struct {
+			Metadata struct {
+				Annotations map[string]string `json:"annotations"`
+			} `json:"metadata"`
+			Spec struct {
+				Config string `json:"config"`
+			} `json:"spec"`
+		}
+		if err := yaml.Unmarshal([]byte(doc), &nad); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cniconfig.Parse([]byte(nad.Spec.Config)); err != nil {
+			t.Errorf("NAD config: %v", err)
+		}
+		if !strings.HasPrefix(nad.Metadata.Annotations["k8s.v1.cni.cncf.io/resourceName"], "railnet.io/") {
+			t.Errorf("NAD without a railnet resource: %v", nad.Metadata.Annotations)
+		}
+		n++
+	}
+	if n != 2 {
+		t.Errorf("%d NADs", n)
 	}
 }
