@@ -417,11 +417,14 @@ func TestCNIParallel(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			rc := rt(fmt.Sprintf("p%d", i), nss[i], "net1", vfBDF(i))
-			if _, err := e.cni.AddNetworkList(ctx, list, rc); err != nil {
+			// One CNIConfig per runtime thread: libcni's lazy init is not
+			// safe for concurrent use of one value.
+			cni := libcni.NewCNIConfigWithCacheDir([]string{binDir, cniPluginDir}, e.cache, nil)
+			if _, err := cni.AddNetworkList(ctx, list, rc); err != nil {
 				errs <- fmt.Errorf("ADD %d: %w", i, err)
 				return
 			}
-			if err := e.cni.DelNetworkList(ctx, list, rc); err != nil {
+			if err := cni.DelNetworkList(ctx, list, rc); err != nil {
 				errs <- fmt.Errorf("DEL %d: %w", i, err)
 			}
 		}()

@@ -27,16 +27,30 @@ func NewPinnedNetns(path string) error {
 	f.Close()
 	errc := make(chan error, 1)
 	go func() {
-		// This thread enters the new namespace and is never unlocked: the
-		// runtime discards it when the goroutine ends.
+		// The thread enters the new namespace and comes back; if it cannot
+		// come back it stays locked, and the runtime discards it when the
+		// goroutine ends. (The main thread cannot be discarded, only
+		// parked: left in the new namespace, it would change what
+		// /proc/<pid>/ns/net, "the host", means for the whole process.)
 		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			errc <- fmt.Errorf("current netns: %w", err)
+			return
+		}
+		defer orig.Close()
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
 			errc <- fmt.Errorf("unshare: %w", err)
+			runtime.UnlockOSThread()
 			return
 		}
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
-			errc <- fmt.Errorf("bind %s: %w", path, err)
+		merr := unix.Mount(src, path, "none", unix.MS_BIND, "")
+		if err := netns.Set(orig); err == nil {
+			runtime.UnlockOSThread()
+		}
+		if merr != nil {
+			errc <- fmt.Errorf("bind %s: %w", path, merr)
 			return
 		}
 		errc <- nil
