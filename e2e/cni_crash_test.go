@@ -83,7 +83,8 @@ func TestCNICrashSafety(t *testing.T) {
 			t.Fatalf("iteration %d (kill after %v, %s): host link %+v (present %v), want %+v", i, delay, how, now, ok, orig)
 		}
 		if l := leases(t, e.ipamDir); len(l) != 0 {
-			t.Fatalf("iteration %d (kill after %v, %s): leases left %v", i, delay, how, l)
+			content, _ := os.ReadFile(filepath.Join(e.ipamDir, "rn"+e.tag, l[0]))
+			t.Fatalf("iteration %d (kill after %v, %s): leases left %v (%q)", i, delay, how, l, content)
 		}
 		left, _ := filepath.Glob(filepath.Join(e.state, "records", "*.json"))
 		nss := tempNetns(e)

@@ -464,6 +464,14 @@ func (p *Plugin) teardown(log *slog.Logger, store *state.Store, host *netdev.Nam
 	}
 	var conf config.NetConf
 	if err := json.Unmarshal(rec.Config, &conf); err == nil {
+		if conf.IPAM.Type != "" && rec.Phase == state.PhaseIPAM {
+			// ADD died while its IPAM plugin ran; that plugin may still
+			// be allocating. Releasing before it finishes would leak the
+			// address it is about to write.
+			if err := waitForOrphans(rec.ContainerID, rec.IfName, 30*time.Second); err != nil {
+				errs = append(errs, err)
+			}
+		}
 		if conf.IPAM.Type != "" {
 			if err := ipamDel(conf.IPAM.Type, rec); err != nil {
 				errs = append(errs, fmt.Errorf("IPAM DEL: %w", err))
@@ -494,9 +502,9 @@ func delegate(args *skel.CmdArgs, cmd, plugin string) (types.Result, error) {
 		PluginArgsStr: args.Args, Path: os.Getenv("CNI_PATH")}
 	ctx := context.Background()
 	if cmd == "ADD" {
-		return invoke.ExecPluginWithResult(ctx, pluginPath, args.StdinData, a, childExec{})
+		return invoke.ExecPluginWithResult(ctx, pluginPath, args.StdinData, a, nil)
 	}
-	return nil, invoke.ExecPluginWithoutResult(ctx, pluginPath, args.StdinData, a, childExec{})
+	return nil, invoke.ExecPluginWithoutResult(ctx, pluginPath, args.StdinData, a, nil)
 }
 
 // withStaging runs fn with the staging netns (created on first use), under
@@ -536,7 +544,7 @@ func ipamDel(plugin string, rec *state.Record) error {
 		return err
 	}
 	a := &invoke.Args{Command: "DEL", ContainerID: rec.ContainerID, NetNS: rec.Netns, IfName: rec.IfName, Path: paths}
-	return invoke.ExecPluginWithoutResult(context.Background(), pluginPath, rec.Config, a, childExec{})
+	return invoke.ExecPluginWithoutResult(context.Background(), pluginPath, rec.Config, a, nil)
 }
 
 // Check compares the live attachment with prevResult and the netconf.
@@ -742,7 +750,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		lock.Unlock()
 	}
 	if conf.IPAM.Type != "" {
-		if err := invoke.DelegateGC(context.Background(), conf.IPAM.Type, args.StdinData, childExec{}); err != nil {
+		if err := invoke.DelegateGC(context.Background(), conf.IPAM.Type, args.StdinData, nil); err != nil {
 			errs = append(errs, fmt.Errorf("IPAM GC: %w", err))
 		}
 	}
