@@ -229,3 +229,50 @@ func withPrev(t *testing.T, args *skel.CmdArgs) *skel.CmdArgs {
 	c.StdinData = b
 	return &c
 }
+
+// A VF bound to vfio-pci (DPDK) has no netdev: its settings are applied on
+// the PF, nothing moves, and the result says so (no sandbox).
+func TestCNIUserspaceVF(t *testing.T) {
+	e := newCNIEnv(t, 2)
+	quietStdout(t)
+	vf := newRecordingVF()
+	p := e.inProcess(t, vf)
+	pod := e.netns(t)
+	dir, err := filepath.EvalSymlinks(filepath.Join(e.sys, "bus/pci/devices", vfBDF(2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.RemoveAll(filepath.Join(dir, "net"))
+	os.Remove(filepath.Join(dir, "driver"))
+	os.MkdirAll(filepath.Join(e.sys, "bus/pci/drivers/vfio-pci"), 0o755)
+	rel, _ := filepath.Rel(dir, filepath.Join(e.sys, "bus/pci/drivers/vfio-pci"))
+	os.Symlink(rel, filepath.Join(dir, "driver"))
+	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "rn" + e.tag, "type": "railnet", "sysfsRoot": e.sys,
+		"stateDir": e.state, "deviceID": vfBDF(2), "vlan": 300, "spoofchk": "off"})
+	args := &skel.CmdArgs{ContainerID: "dpdk", Netns: pod, IfName: "net1", StdinData: conf}
+	r, w, _ := os.Pipe()
+	os.Stdout = w
+	err = p.Add(args)
+	w.Close()
+	out, _ := io.ReadAll(r)
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	if !strings.Contains(string(out), `"pciID": "`+vfBDF(2)+`"`) || strings.Contains(string(out), "sandbox") {
+		t.Errorf("result: %s", out)
+	}
+	if got, _ := vf.Get("rn"+e.tag+"pf", 2); got.VLAN != 300 || got.SpoofChk {
+		t.Errorf("VF 2 = %+v", got)
+	}
+	links, _ := netdev.OpenNamespace(pod)
+	defer links.Close()
+	if l, _ := links.Handle.LinkList(); len(l) != 1 {
+		t.Errorf("the pod got %d links", len(l))
+	}
+	if err := p.Del(args); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := vf.Get("rn"+e.tag+"pf", 2); got.VLAN != 0 || !got.SpoofChk {
+		t.Errorf("VF 2 after DEL = %+v", got)
+	}
+}
