@@ -252,6 +252,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	result := &current.Result{CNIVersion: current.ImplementedSpecVersion}
 	iface := &current.Interface{Name: args.IfName, PciID: dev.BDF}
 	if dev.Netdev != "" {
+		// The RDMA device goes first: if it cannot move (rxe), nothing else
+		// has, and a netdev move would take an rxe device down with it.
+		if err := p.moveRDMA(log, conf, dev, host, pod, rec, store); err != nil {
+			return err
+		}
 		rec.TempNetns, rec.Phase = store.StagingPath(), state.PhaseMoving
 		if err := store.Save(rec); err != nil {
 			return typed(types.ErrIOFailure, "write the attachment record", err)
@@ -272,9 +277,6 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		rec.TempNetns = ""
 		if err := store.Save(rec); err != nil {
 			return typed(types.ErrIOFailure, "write the attachment record", err)
-		}
-		if err := p.moveRDMA(log, conf, dev, host, pod, rec, store); err != nil {
-			return err
 		}
 		l, err := pod.Handle.LinkByName(args.IfName)
 		if err != nil {

@@ -96,7 +96,12 @@ func OpenNamespace(path string) (*Namespace, error) {
 		h.Close()
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
-	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
+	// Only the families railnet speaks: a bare NewHandleAt also opens
+	// NETLINK_NETFILTER. RDMA netlink exists only with ib_core loaded.
+	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE, unix.NETLINK_RDMA)
+	if err != nil {
+		nh, err = netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
+	}
 	if err != nil {
 		h.Close()
 		return nil, err

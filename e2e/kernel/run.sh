@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# The kernel test tier: boots Debian's stock kernel under QEMU (software
+# emulation, no KVM) with an initramfs holding railnet's kernel-tier Go
+# tests, and exits with their status. Each test's PASS/FAIL line is shown.
+#
+#   e2e/kernel/run.sh            build (cached) and boot once per RDMA netns mode
+#
+# Cache: $RAILNET_KERNEL_CACHE (default .cache/kernel in the repository).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+repo=$PWD
+cache=${RAILNET_KERNEL_CACHE:-$repo/.cache/kernel}
+mkdir -p "$cache"
+export DEBIAN_FRONTEND=noninteractive
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] && /bin/busybox --list 2>/dev/null | grep -qx insmod || need+=(busybox-static)
+command -v kmod >/dev/null || need+=(kmod)
+command -v cpio >/dev/null || need+=(cpio)
+command -v rdma >/dev/null || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# The current kernel ABI, resolved every run: the archive keeps only one.
+[ -n "$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-image-/{print $2}')" ] || apt-get update -qq
+pkg=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/{print $2; exit}')
+[ -n "$pkg" ] || { echo "kernel tier: cannot resolve linux-image-amd64" >&2; exit 1; }
+kdir=$cache/$pkg
+if [ ! -f "$kdir/.done" ]; then
+  rm -rf "$kdir" && mkdir -p "$kdir"
+  (cd "$kdir" && apt-get download "$pkg" >/dev/null 2>&1 && dpkg-deb -x ./*.deb root && rm -f ./*.deb)
+  touch "$kdir/.done"
+fi
+kver=$(ls "$kdir/root/lib/modules")
+depmod -b "$kdir/root" "$kver"
+
+# The initramfs: busybox, kmod as modprobe, ip/rdma/devlink with their
+# libraries, the module closure, and the static test binary.
+work=$(mktemp -d "${TMPDIR:-/tmp}/railnet-kernel.XXXXXX")
+trap 'rm -rf "$work"' EXIT
+ir=$work/initramfs
+mkdir -p "$ir"/{bin,sbin,proc,sys,dev,tmp,run,etc,lib/modules,var/run/netns,usr/bin}
+cp /bin/busybox "$ir/bin/busybox"
+for app in sh mount mkdir cat echo poweroff sleep ls ln grep; do ln -sf busybox "$ir/bin/$app"; done
+copy_bin() { # binary and its shared libraries, at their own paths
+  local b=$1 dst=$2
+  install -D "$b" "$ir$dst"
+  ldd "$b" 2>/dev/null | awk '/=> \//{print $3} /^[ \t]*\/lib/{print $1}' | while read -r lib; do
+    install -D "$lib" "$ir$lib"
+  done
+}
+copy_bin "$(command -v kmod)" /sbin/kmod
+ln -sf kmod "$ir/sbin/modprobe"
+ln -sf kmod "$ir/sbin/insmod"
+copy_bin "$(command -v ip)" /sbin/ip
+copy_bin "$(command -v rdma)" /sbin/rdma
+copy_bin "$(command -v devlink)" /sbin/devlink
+modules=(veth dummy macsec esp4 xfrm_user ib_core ib_uverbs rdma_ucm rdma_rxe nfnetlink psample)
+mroot=$kdir/root/lib/modules/$kver
+for m in "${modules[@]}"; do
+  modprobe -d "$kdir/root" -S "$kver" --show-depends "$m" | awk '/^insmod/{print $2}'
+done | sort -u | while read -r ko; do
+  rel=${ko#"$kdir/root"}
+  install -D "$ko" "$ir$rel"
+done
+mkdir -p "$ir/lib/modules/$kver/kernel"
+cp -r "$mroot/kernel/crypto" "$mroot/kernel/arch" "$ir/lib/modules/$kver/kernel/" 2>/dev/null || true
+cp "$mroot"/modules.* "$ir/lib/modules/$kver/"
+
+# railnet's kernel-tier tests, static.
+CGO_ENABLED=0 go test -c -tags kerneltest -o "$ir/railnet-kernel.test" ./e2e/kernel/
+cat > "$ir/init" <<EOF
+#!/bin/sh
+mount -t proc proc /proc
+mount -t sysfs sys /sys
+mount -t devtmpfs dev /dev
+mount -t tmpfs tmp /tmp
+mount -t tmpfs run /var/run
+mkdir -p /var/run/netns
+for m in ${modules[*]}; do /sbin/modprobe \$m || echo "modprobe \$m failed"; done
+/sbin/ip link set lo up
+echo "RAILNET-KERNEL-BOOT rdma-netns-mode=\$(/sbin/rdma system show 2>&1 | tr '\n' ' ')"
+cd /tmp
+RAILNET_KERNEL_MODE=\$(cat /proc/cmdline | grep -o 'railnet.mode=[a-z]*' | cut -d= -f2) /railnet-kernel.test -test.v -test.timeout 120s
+echo "RAILNET-KERNEL-RESULT rc=\$?"
+poweroff -f
+EOF
+chmod +x "$ir/init"
+(cd "$ir" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initramfs.gz"
+
+status=0
+for mode in shared exclusive; do
+  append="console=ttyS0 panic=-1 quiet railnet.mode=$mode"
+  [ "$mode" = exclusive ] && append="$append ib_core.netns_mode=0"
+  echo "== kernel tier: $kver, RDMA netns mode $mode"
+  log=$work/console-$mode.log
+  timeout 300 qemu-system-x86_64 -machine pc -accel tcg -cpu qemu64 -smp 1 -m 512 -nographic -no-reboot -nic none \
+    -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$work/initramfs.gz" -append "$append" </dev/null >"$log" 2>&1 || true
+  tr -d '\r' <"$log" | grep -E '^(=== RUN|--- (PASS|FAIL|SKIP)|PASS|FAIL|ok|RAILNET-KERNEL|modprobe .* failed|panic:)|^[[:space:]]+[^[:space:]]+\.go:[0-9]+:' || true
+  rc=$(tr -d '\r' <"$log" | sed -n 's/^RAILNET-KERNEL-RESULT rc=\([0-9]*\).*/\1/p' | tail -1)
+  if [ -z "$rc" ]; then
+    echo "kernel tier: the guest never reported a result ($mode); console tail:" >&2
+    tail -40 "$log" >&2
+    status=1
+  elif [ "$rc" != 0 ]; then
+    echo "kernel tier: tests failed ($mode); console tail:" >&2
+    tr -d '\r' <"$log" | grep -v '^\[' | tail -30 >&2
+    status=1
+  fi
+done
+exit $status
