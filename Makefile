@@ -10,7 +10,7 @@ FUZZTIME ?= 10s
 DEMO_FIXTURE ?= testdata/fixtures/dgx-h100-like.json
 OUT     := out
 
-.PHONY: all build test unit fuzz-short bench demo lint deps clean cni-plugins
+.PHONY: all build test unit fuzz-short bench demo lint deps clean cni-plugins test-kernel
 
 all: build
 
@@ -31,7 +31,12 @@ deps:
 	fi
 
 # test is everything CI runs.
-test: deps lint unit fuzz-short
+test: deps lint unit fuzz-short test-kernel
+
+# test-kernel boots Debian's kernel under QEMU (twice: RDMA netns shared and
+# exclusive) and runs the kernel-tier tests (build tag kerneltest) inside it.
+test-kernel:
+	bash e2e/kernel/run.sh
 
 # The reference CNI plugins the CNI tests delegate to (IPAM) and compare with.
 CNI_PLUGINS_VERSION := v1.10.0

@@ -37,6 +37,32 @@ fi
 kver=$(ls "$kdir/root/lib/modules")
 depmod -b "$kdir/root" "$kver"
 
+# Debian's kernel has no netdevsim: build it out of tree from the matching
+# source and headers, once per kernel version.
+nsim=$cache/netdevsim-$kver.ko
+if [ ! -f "$nsim" ]; then
+  series=$(echo "$kver" | cut -d. -f1-2)
+  pkgs=()
+  [ -d "/usr/src/linux-headers-$kver" ] || pkgs+=("linux-headers-$kver")
+  [ -f "/usr/src/linux-source-$series.tar.xz" ] || pkgs+=("linux-source-$series")
+  command -v make >/dev/null || pkgs+=(make)
+  command -v gcc >/dev/null || pkgs+=(gcc)
+  if [ ${#pkgs[@]} -gt 0 ]; then apt-get install -y -qq "${pkgs[@]}" >/dev/null; fi
+  src=$(mktemp -d "${TMPDIR:-/tmp}/netdevsim.XXXXXX")
+  tar -xJf "/usr/src/linux-source-$series.tar.xz" -C "$src" --wildcards "linux-source-$series/drivers/net/netdevsim/*"
+  make -s -C "/usr/src/linux-headers-$kver" M="$src/linux-source-$series/drivers/net/netdevsim" CONFIG_NETDEVSIM=m modules >/dev/null 2>&1 ||
+    make -C "/usr/src/linux-headers-$kver" M="$src/linux-source-$series/drivers/net/netdevsim" CONFIG_NETDEVSIM=m modules
+  cp "$src/linux-source-$series/drivers/net/netdevsim/netdevsim.ko" "$nsim"
+  rm -rf "$src"
+fi
+
+# Static CNI binaries for the guest: railnet and the reference host-local.
+cnibin=$cache/cni-bin
+if [ ! -x "$cnibin/host-local" ]; then
+  mkdir -p "$cnibin"
+  (cd /tmp && CGO_ENABLED=0 GOBIN="$cnibin" GOFLAGS=-mod=mod go install github.com/containernetworking/plugins/plugins/ipam/host-local@v1.10.0)
+fi
+
 # The initramfs: busybox, kmod as modprobe, ip/rdma/devlink with their
 # libraries, the module closure, and the static test binary.
 work=$(mktemp -d "${TMPDIR:-/tmp}/railnet-kernel.XXXXXX")
@@ -70,6 +96,11 @@ mkdir -p "$ir/lib/modules/$kver/kernel"
 cp -r "$mroot/kernel/crypto" "$mroot/kernel/arch" "$ir/lib/modules/$kver/kernel/" 2>/dev/null || true
 cp "$mroot"/modules.* "$ir/lib/modules/$kver/"
 
+install -D "$nsim" "$ir/lib/modules/$kver/extra/netdevsim.ko"
+mkdir -p "$ir/opt/cni/bin"
+cp "$cnibin/host-local" "$ir/opt/cni/bin/"
+CGO_ENABLED=0 go build -o "$ir/opt/cni/bin/railnet" ./cmd/railnet
+
 # railnet's kernel-tier tests, static.
 CGO_ENABLED=0 go test -c -tags kerneltest -o "$ir/railnet-kernel.test" ./e2e/kernel/
 cat > "$ir/init" <<EOF
@@ -81,10 +112,11 @@ mount -t tmpfs tmp /tmp
 mount -t tmpfs run /var/run
 mkdir -p /var/run/netns
 for m in ${modules[*]}; do /sbin/modprobe \$m || echo "modprobe \$m failed"; done
+/sbin/insmod /lib/modules/$kver/extra/netdevsim.ko || echo "modprobe netdevsim failed"
 /sbin/ip link set lo up
 echo "RAILNET-KERNEL-BOOT rdma-netns-mode=\$(/sbin/rdma system show 2>&1 | tr '\n' ' ')"
 cd /tmp
-RAILNET_KERNEL_MODE=\$(cat /proc/cmdline | grep -o 'railnet.mode=[a-z]*' | cut -d= -f2) /railnet-kernel.test -test.v -test.timeout 120s
+CNI_PATH=/opt/cni/bin RAILNET_KERNEL_MODE=\$(cat /proc/cmdline | grep -o 'railnet.mode=[a-z]*' | cut -d= -f2) /railnet-kernel.test -test.v -test.timeout 120s
 echo "RAILNET-KERNEL-RESULT rc=\$?"
 poweroff -f
 EOF

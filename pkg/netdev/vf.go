@@ -76,7 +76,14 @@ func (n NetlinkVF) Get(pf string, vf int) (state.VFState, error) {
 	if err != nil {
 		return state.VFState{}, err
 	}
-	return state.VFState{MAC: v.Mac.String(), VLAN: v.Vlan, QoS: v.Qos, VLANProto: v.VlanProto, SpoofChk: v.Spoofchk,
+	// A driver that never had a VLAN set may report protocol 0; setting
+	// any VLAN (0 included) through IFLA_VF_VLAN makes it 802.1Q. Both
+	// mean the same, so 0 reads as 802.1Q and a restore compares equal.
+	proto := v.VlanProto
+	if proto == 0 {
+		proto = VLANProto8021Q
+	}
+	return state.VFState{MAC: v.Mac.String(), VLAN: v.Vlan, QoS: v.Qos, VLANProto: proto, SpoofChk: v.Spoofchk,
 		Trust: v.Trust != 0, LinkState: v.LinkState, MinTxRate: v.MinTxRate, MaxTxRate: v.MaxTxRate}, nil
 }
 
