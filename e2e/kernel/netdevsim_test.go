@@ -127,7 +127,7 @@ func TestCNIOnNetdevsim(t *testing.T) {
 		"type": "railnet", "sysfsRoot": tree.Sys, "stateDir": stateDir, "vlan": 42, "vlanQoS": 2, "spoofchk": "off",
 		"trust": "on", "link_state": "enable", "max_tx_rate": 1000, "mac": "02:bb:00:00:00:01",
 		"capabilities": map[string]bool{"deviceID": true},
-		"ipam": map[string]any{"type": "host-local", "dataDir": t.TempDir(), "ranges": []any{[]any{map[string]string{"subnet": "198.18.98.0/24"}}}}}}}
+		"ipam":         map[string]any{"type": "host-local", "dataDir": t.TempDir(), "ranges": []any{[]any{map[string]string{"subnet": "198.18.98.0/24"}}}}}}}
 	raw, _ := json.Marshal(list)
 	os.WriteFile(filepath.Join(confDir, "10-nsim.conflist"), raw, 0o644)
 	cl, err := libcni.LoadConfList(confDir, "nsim")
