@@ -65,25 +65,12 @@ func newCNIEnv(tb testing.TB, pairs int) *cniEnv {
 	tb.Helper()
 	requireRoot(tb)
 	e := &cniEnv{t: tb, tag: randTag(), pfBDF: "0000:b1:00.0"}
-	m := &fakesys.Machine{SchemaVersion: 1, Name: "cni-test", NUMA: []fakesys.NUMANode{{ID: 0, CPUs: "0-1"}}}
-	zero := 0
 	drv := "mlx5_core"
-	m.Roots = []fakesys.Root{{Bus: "b0", NUMA: &zero, Children: []fakesys.Node{{
-		BDF: "0000:b0:01.0", Type: "bridge", Vendor: "0x8086", Device: "0x347a", Secondary: "b1", Subordinate: "b1",
-		Children: []fakesys.Node{{BDF: e.pfBDF, Type: "nic", Vendor: "0x15b3", Device: "0x101d", Class: "0x020000", Driver: &drv,
-			Netdev: "rn" + e.tag + "pf", LinkLayer: "ethernet", MAC: "02:00:b1:00:00:00", MTU: 9000, SpeedMbps: 100000, OperState: "up",
-			SRIOV: &fakesys.SRIOV{TotalVFs: 2 * pairs, NumVFs: 2 * pairs, VFDevice: "0x101e", VFOffset: 1, VFStride: 1, VFDriver: drv,
-				VFNetdev: "rn" + e.tag + "v{n}", VFMac: "02:00:b1:00:01:{n:02x}"}}},
-	}}}}
-	m.Expected.Inventory = fakesys.ExpectedInventory{PFs: 1, VFs: 2 * pairs, Netdevs: 2*pairs + 1}
-	if err := m.Validate(); err != nil {
-		tb.Fatal(err)
-	}
+	tree := fakesystest.OneNIC(tb, fakesys.Node{Vendor: "0x15b3", Device: "0x101d", Class: "0x020000", Driver: &drv,
+		Netdev: "rn" + e.tag + "pf", LinkLayer: "ethernet", MAC: "02:00:b1:00:00:00", MTU: 9000, SpeedMbps: 100000, OperState: "up",
+		SRIOV: &fakesys.SRIOV{TotalVFs: 2 * pairs, NumVFs: 2 * pairs, VFDevice: "0x101e", VFOffset: 1, VFStride: 1, VFDriver: drv,
+			VFNetdev: "rn" + e.tag + "v{n}", VFMac: "02:00:b1:00:01:{n:02x}"}})
 	base := fakesystest.TempDir(tb)
-	tree, err := fakesys.Materialize(m, filepath.Join(base, "node"))
-	if err != nil {
-		tb.Fatal(err)
-	}
 	e.sys, e.state, e.ipamDir, e.confDir, e.cache = tree.Sys, filepath.Join(base, "state"), filepath.Join(base, "ipam"),
 		filepath.Join(base, "net.d"), filepath.Join(base, "cache")
 	os.MkdirAll(e.confDir, 0o755)

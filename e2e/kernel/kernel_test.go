@@ -17,6 +17,7 @@ import (
 	"github.com/railnet/railnet/pkg/cni"
 	"github.com/railnet/railnet/pkg/discovery"
 	"github.com/railnet/railnet/pkg/fakesys"
+	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 	"github.com/railnet/railnet/pkg/netdev"
 	"github.com/railnet/railnet/pkg/sysfs"
 )
@@ -206,25 +207,10 @@ func TestAddWithUnmovableRDMA(t *testing.T) {
 // mockedNIC is a one-NIC sysfs tree whose function's netdev and RDMA
 // device are real ones of this kernel.
 func mockedNIC(t *testing.T, netdevName, rdma string) fakesys.Tree {
-	t.Helper()
-	zero := 0
 	drv := "mlx5_core"
-	m := &fakesys.Machine{SchemaVersion: 1, Name: "k", NUMA: []fakesys.NUMANode{{ID: 0, CPUs: "0"}}}
-	m.Roots = []fakesys.Root{{Bus: "b0", NUMA: &zero, Children: []fakesys.Node{{
-		BDF: "0000:b0:01.0", Type: "bridge", Vendor: "0x8086", Device: "0x347a", Secondary: "b1", Subordinate: "b1",
-		Children: []fakesys.Node{{BDF: "0000:b1:00.0", Type: "nic", Vendor: "0x15b3", Device: "0x101d", Class: "0x020000",
-			Driver: &drv, Netdev: netdevName, LinkLayer: "ethernet", RDMA: rdma, MAC: "02:00:b1:00:00:00",
-			NodeGUID: "0200:b1ff:fe00:0000", MTU: 1500, SpeedMbps: 100000, OperState: "up"}},
-	}}}}
-	m.Expected.Inventory = fakesys.ExpectedInventory{PFs: 1, Netdevs: 1, RDMADevices: 1}
-	if err := m.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	tree, err := fakesys.Materialize(m, filepath.Join(t.TempDir(), "node"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tree
+	return fakesystest.OneNIC(t, fakesys.Node{Vendor: "0x15b3", Device: "0x101d", Class: "0x020000", Driver: &drv,
+		Netdev: netdevName, LinkLayer: "ethernet", RDMA: rdma, MAC: "02:00:b1:00:00:00", NodeGUID: "0200:b1ff:fe00:0000",
+		MTU: 1500, SpeedMbps: 100000, OperState: "up"})
 }
 
 // quiet keeps a CNI result off the console; the returned func restores

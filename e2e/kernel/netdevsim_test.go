@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/railnet/railnet/pkg/fakesys"
+	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 	"github.com/railnet/railnet/pkg/netdev"
 	"github.com/railnet/railnet/pkg/state"
 )
@@ -163,24 +164,9 @@ func TestCNIOnNetdevsim(t *testing.T) {
 // mockedPF is a one-PF sysfs tree whose PF netdev is pf and whose VFs'
 // netdevs follow vfNetdev; VF n is 0000:b1:00.(n+1).
 func mockedPF(t *testing.T, pf, vfNetdev string, numVFs int) fakesys.Tree {
-	t.Helper()
-	zero := 0
 	drv := "mlx5_core"
-	m := &fakesys.Machine{SchemaVersion: 1, Name: "k", NUMA: []fakesys.NUMANode{{ID: 0, CPUs: "0"}}}
-	m.Roots = []fakesys.Root{{Bus: "b0", NUMA: &zero, Children: []fakesys.Node{{
-		BDF: "0000:b0:01.0", Type: "bridge", Vendor: "0x8086", Device: "0x347a", Secondary: "b1", Subordinate: "b1",
-		Children: []fakesys.Node{{BDF: "0000:b1:00.0", Type: "nic", Vendor: "0x15b3", Device: "0x101d", Class: "0x020000",
-			Driver: &drv, Netdev: pf, LinkLayer: "ethernet", MAC: "02:00:b1:00:00:00", MTU: 1500, SpeedMbps: 100000, OperState: "up",
-			SRIOV: &fakesys.SRIOV{TotalVFs: numVFs, NumVFs: numVFs, VFDevice: "0x101e", VFOffset: 1, VFStride: 1, VFDriver: drv,
-				VFNetdev: vfNetdev, VFMac: "02:00:b1:00:01:{n:02x}"}}},
-	}}}}
-	m.Expected.Inventory = fakesys.ExpectedInventory{PFs: 1, VFs: numVFs, Netdevs: numVFs + 1}
-	if err := m.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	tree, err := fakesys.Materialize(m, filepath.Join(t.TempDir(), "node"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tree
+	return fakesystest.OneNIC(t, fakesys.Node{Vendor: "0x15b3", Device: "0x101d", Class: "0x020000", Driver: &drv,
+		Netdev: pf, LinkLayer: "ethernet", MAC: "02:00:b1:00:00:00", MTU: 1500, SpeedMbps: 100000, OperState: "up",
+		SRIOV: &fakesys.SRIOV{TotalVFs: numVFs, NumVFs: numVFs, VFDevice: "0x101e", VFOffset: 1, VFStride: 1, VFDriver: drv,
+			VFNetdev: vfNetdev, VFMac: "02:00:b1:00:01:{n:02x}"}})
 }

@@ -362,9 +362,21 @@ func validateNIC(n *Node, who string, bad func(string, ...any), unique func(kind
 
 // checkExpectedInventory compares expected.inventory with the tree.
 func (m *Machine) checkExpectedInventory() error {
-	fns, err := m.Functions()
+	got, err := m.Count()
 	if err != nil {
 		return err
+	}
+	if got != m.Expected.Inventory {
+		return fmt.Errorf("expected.inventory: %+v, but the tree has %+v", m.Expected.Inventory, got)
+	}
+	return nil
+}
+
+// Count computes what expected.inventory must say of the tree.
+func (m *Machine) Count() (ExpectedInventory, error) {
+	fns, err := m.Functions()
+	if err != nil {
+		return ExpectedInventory{}, err
 	}
 	var got ExpectedInventory
 	for _, f := range fns {
@@ -385,10 +397,7 @@ func (m *Machine) checkExpectedInventory() error {
 			}
 		}
 	}
-	if got != m.Expected.Inventory {
-		return fmt.Errorf("expected.inventory: %+v, but the tree has %+v", m.Expected.Inventory, got)
-	}
-	return nil
+	return got, nil
 }
 
 // maxCPUs bounds a cpulist (the kernel's NR_CPUS tops out at 8192; a

@@ -63,3 +63,30 @@ func Build(tb testing.TB, name string) (*fakesys.Machine, fakesys.Tree) {
 	}
 	return m, t
 }
+
+// OneNIC materializes a one-NIC node: nic sits at 0000:b1:00.0 behind root
+// port 0000:b0:01.0 on NUMA node 0 (its VFs, if any, from 0000:b1:00.1).
+// Tests whose netdevs are real links of the test host name them in nic.
+func OneNIC(tb testing.TB, nic fakesys.Node) fakesys.Tree {
+	tb.Helper()
+	zero := 0
+	nic.BDF, nic.Type = "0000:b1:00.0", "nic"
+	m := &fakesys.Machine{SchemaVersion: 1, Name: "one-nic", NUMA: []fakesys.NUMANode{{ID: 0, CPUs: "0-1"}}}
+	m.Roots = []fakesys.Root{{Bus: "b0", NUMA: &zero, Children: []fakesys.Node{{
+		BDF: "0000:b0:01.0", Type: "bridge", Vendor: "0x8086", Device: "0x347a", Secondary: "b1", Subordinate: "b1",
+		Children: []fakesys.Node{nic},
+	}}}}
+	inv, err := m.Count()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	m.Expected.Inventory = inv
+	if err := m.Validate(); err != nil {
+		tb.Fatal(err)
+	}
+	tree, err := fakesys.Materialize(m, TempDir(tb))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return tree
+}
