@@ -73,6 +73,7 @@ type daemon struct {
 	metrics string
 	logs    *logBuffer
 	cniDir  string
+	started time.Time // when the process was started (the tree is built before)
 }
 
 type logBuffer struct {
@@ -105,6 +106,7 @@ func startDaemon(tb testing.TB, fixture, config string, extra ...string) *daemon
 	d.cmd = exec.Command(filepath.Join(binDir, "railnet-deviceplugin"), args...)
 	stderr, _ := d.cmd.StderrPipe()
 	d.logs = &logBuffer{lines: make(chan string, 1024)}
+	d.started = time.Now()
 	if err := d.cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
