@@ -4,7 +4,6 @@ package kernel
 
 import (
 	"encoding/json"
-	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -222,4 +221,3 @@ func quiet() func() {
 	return func() { os.Stdout = old; f.Close() }
 }
 
-var _ = errors.New
