@@ -134,3 +134,19 @@ func tempNetns(e *cniEnv) []string {
 	}
 	return out
 }
+
+// VF settings on a function that is not a VF are a config error naming the field.
+func TestCNIVFSettingOnPF(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	pod := e.netns(t)
+	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "rn" + e.tag, "type": "railnet", "sysfsRoot": e.sys,
+		"stateDir": e.state, "deviceID": e.pfBDF, "trust": "on"})
+	before := hostView(t, e)
+	msg, code, _ := runPlugin(t, "ADD", "pfvf", pod, "net1", conf)
+	if code != 7 || !strings.Contains(msg, "trust") || !strings.Contains(msg, "not a VF") {
+		t.Errorf("code %d %q", code, msg)
+	}
+	if hostView(t, e) != before {
+		t.Error("host changed")
+	}
+}

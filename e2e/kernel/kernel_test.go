@@ -220,4 +220,3 @@ func quiet() func() {
 	os.Stdout = f
 	return func() { os.Stdout = old; f.Close() }
 }
-

@@ -161,10 +161,10 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if conf.MTU != nil && dev.IsVF && dev.PFMTU > 0 && *conf.MTU > dev.PFMTU {
 		return config.Error("mtu", "%d is above the MTU %d of PF %s", *conf.MTU, dev.PFMTU, dev.PF)
 	}
-	settings := vfSettings(conf, dev)
-	if !settings.Empty() && !dev.IsVF {
-		return config.Error("vlan/spoofchk/trust/link_state/tx rates", "%s is not a VF; VF settings need a VF", dev.BDF)
+	if f := vfOnlyField(conf); f != "" && !dev.IsVF {
+		return config.Error(f, "%s is not a VF; this setting is programmed on a VF through its PF", dev.BDF)
 	}
+	settings := vfSettings(conf, dev)
 	if !settings.Empty() && dev.PF == "" {
 		return config.Error("deviceID", "VF %s: its PF has no netdev to program the VF through", dev.BDF)
 	}
@@ -349,17 +349,34 @@ func (p *Plugin) lockTimeout() time.Duration {
 	return 10 * time.Second
 }
 
+// vfOnlyField names the first setting in the netconf that only a VF has.
+func vfOnlyField(conf *config.NetConf) string {
+	switch {
+	case conf.VLAN != nil:
+		return "vlan"
+	case conf.VLANQoS != nil:
+		return "vlanQoS"
+	case conf.VLANProto != nil:
+		return "vlanProto"
+	case conf.SpoofChk != nil:
+		return "spoofchk"
+	case conf.Trust != nil:
+		return "trust"
+	case conf.LinkState != nil:
+		return "link_state"
+	case conf.MinTxRate != nil:
+		return "min_tx_rate"
+	case conf.MaxTxRate != nil:
+		return "max_tx_rate"
+	}
+	return ""
+}
+
 // vfSettings turns the netconf into VF settings.
 func vfSettings(conf *config.NetConf, dev *Device) netdev.VFSettings {
 	var s netdev.VFSettings
 	if !dev.IsVF {
-		// Still report them, so a config asking for VF settings on a PF is refused.
-		s.VLAN, s.QoS, s.VLANProto = conf.VLAN, conf.VLANQoS, conf.VLANProtoNumber()
-		if conf.SpoofChk != nil || conf.Trust != nil || conf.LinkState != nil || conf.MinTxRate != nil || conf.MaxTxRate != nil {
-			on := true
-			s.SpoofChk = &on
-		}
-		return s
+		return s // a whole netdev: its MAC and MTU are set on the link itself
 	}
 	if mac := conf.HardwareAddr(); len(mac) > 0 && !dev.IB {
 		s.MAC = mac
