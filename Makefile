@@ -1,4 +1,6 @@
 # railnet — build, test, benchmark, demo.
+# Go 1.26 from PATH, or where the Go tarball installs it.
+export PATH := $(PATH):/usr/local/go/bin
 GO      ?= go
 BIN     := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
