@@ -245,3 +245,26 @@ func vmHWM(pid int) (int, error) {
 	}
 	return 0, fmt.Errorf("no VmHWM")
 }
+
+// As the issue runs it for a demo: a tree and a kubelet directory, no config
+// file: one pool per GPU rail. An explicit --config that is missing is an error.
+func TestDaemonWithoutConfig(t *testing.T) {
+	_, tree := fakesystest.Build(t, "dgx-h100-like")
+	kdir := filepath.Join(fakesystest.TempDir(t), "kubelet")
+	os.MkdirAll(kdir, 0o755)
+	k := kubelettest.Start(t, kdir)
+	cmd := exec.Command(filepath.Join(binDir, "railnet-deviceplugin"), "--sysfs-root", tree.Sys, "--devfs-root", tree.Dev,
+		"--kubelet-dir", kdir, "--devinfo-dir", filepath.Join(t.TempDir(), "devinfo"), "--netlink-events=false")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
+	for i := range 8 {
+		k.WaitRegistration(t, "railnet.io/rail"+strconv.Itoa(i), 10*time.Second)
+	}
+	out, err := exec.Command(filepath.Join(binDir, "railnet-deviceplugin"), "--config", "/nonexistent/railnet.yaml",
+		"--sysfs-root", tree.Sys, "--kubelet-dir", kdir).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "nonexistent") {
+		t.Errorf("missing explicit config: %v %s", err, out)
+	}
+}

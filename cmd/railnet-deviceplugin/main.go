@@ -29,6 +29,8 @@ import (
 
 var version = "dev"
 
+const defaultConfig = "/etc/railnet/config.yaml"
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
@@ -48,7 +50,7 @@ func main() {
 
 type flags struct {
 	config, sys, dev, kubeletDir, devinfoDir, cdiDir, metricsAddr, installCNIDir, cniBinary, logLevel string
-	cdi, netlinkEvents                                                                                bool
+	cdi, netlinkEvents, configSet                                                                     bool
 	rescan                                                                                            time.Duration
 }
 
@@ -57,7 +59,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs := flag.NewFlagSet("railnet-deviceplugin", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	self, _ := os.Executable()
-	fs.StringVar(&f.config, "config", "/etc/railnet/config.yaml", "pool configuration (JSON or YAML)")
+	fs.StringVar(&f.config, "config", defaultConfig, "pool configuration (JSON or YAML); without one, and without "+defaultConfig+": one pool per GPU rail")
 	fs.StringVar(&f.sys, "sysfs-root", "/sys", "directory that stands for /sys")
 	fs.StringVar(&f.dev, "devfs-root", "/dev", "directory that stands for /dev")
 	fs.StringVar(&f.kubeletDir, "kubelet-dir", "/var/lib/kubelet/device-plugins", "kubelet device plugin directory")
@@ -76,6 +78,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments: %v", fs.Args())
 	}
+	f.configSet = false
+	fs.Visit(func(fl *flag.Flag) { f.configSet = f.configSet || fl.Name == "config" })
 	if f.rescan < 100*time.Millisecond {
 		return nil, fmt.Errorf("--rescan-interval %v: at least 100ms", f.rescan)
 	}
@@ -116,10 +120,15 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 		return fmt.Errorf("--devfs-root: %w", err)
 	}
 	defer dev.Close()
+	configPath := f.config
+	if _, err := os.Stat(configPath); err != nil && !f.configSet {
+		log.Info("no config file: one pool per GPU rail", "default", agent.DefaultConfig)
+		configPath = ""
+	}
 	metrics := deviceplugin.NewMetrics()
 	mgr := deviceplugin.NewManager(deviceplugin.Options{KubeletDir: f.kubeletDir, DevInfoDir: f.devinfoDir,
 		CDI: f.cdi, CDIDir: f.cdiDir, Logger: log, Metrics: metrics})
-	a, err := agent.New(agent.Options{ConfigPath: f.config, Sys: sys, Dev: dev, Manager: mgr, Metrics: metrics,
+	a, err := agent.New(agent.Options{ConfigPath: configPath, Sys: sys, Dev: dev, Manager: mgr, Metrics: metrics,
 		Logger: log, RescanInterval: f.rescan})
 	if err != nil {
 		return err

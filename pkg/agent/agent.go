@@ -24,7 +24,7 @@ import (
 
 // Options configure an Agent.
 type Options struct {
-	ConfigPath     string
+	ConfigPath     string // "" = DefaultConfig, with nothing to watch or reload
 	Sys, Dev       *sysfs.FS
 	Manager        *deviceplugin.Manager
 	Metrics        *deviceplugin.Metrics
@@ -56,7 +56,7 @@ func New(o Options) (*Agent, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	a := &Agent{o: o, log: o.Logger, trigger: make(chan struct{}, 1)}
-	cfg, err := pools.Load(o.ConfigPath)
+	cfg, err := a.load()
 	if err != nil {
 		return nil, err
 	}
@@ -65,6 +65,16 @@ func New(o Options) (*Agent, error) {
 	}
 	a.cfg = cfg
 	return a, nil
+}
+
+// DefaultConfig serves when no config file is given: one pool per GPU rail.
+const DefaultConfig = `{"railPools": true}`
+
+func (a *Agent) load() (*pools.Config, error) {
+	if a.o.ConfigPath == "" {
+		return pools.Parse([]byte(DefaultConfig))
+	}
+	return pools.Load(a.o.ConfigPath)
 }
 
 // Config returns the config in force.
@@ -124,7 +134,7 @@ func (a *Agent) Rescan() error {
 // Reload reads the config file again. An invalid config is logged and
 // refused; the last good one keeps serving.
 func (a *Agent) Reload() error {
-	cfg, err := pools.Load(a.o.ConfigPath)
+	cfg, err := a.load()
 	if err == nil {
 		var p []deviceplugin.Pool
 		if p, err = a.resolve(cfg); err == nil {
@@ -197,6 +207,9 @@ func (a *Agent) rescanLogged() {
 // the file.
 func (a *Agent) watchConfig() (<-chan struct{}, func()) {
 	out := make(chan struct{}, 1)
+	if a.o.ConfigPath == "" {
+		return out, func() {}
+	}
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
 		a.log.Warn("config watch unavailable; SIGHUP still reloads", "err", err)
