@@ -20,6 +20,7 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/vishvananda/netlink"
 
+	"github.com/railnet/railnet/pkg/agent"
 	"github.com/railnet/railnet/pkg/fakesys"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 )
@@ -488,5 +489,39 @@ func TestCNIStaticIPAM(t *testing.T) {
 	}
 	if _, ok := hostLink(t, e.vfName(0)); !ok {
 		t.Error("not back")
+	}
+}
+
+// The DaemonSet's reconciler releases the attachments whose pod netns is
+// gone (Multus never sends GC for secondary networks) and leaves live ones.
+func TestReconcilerReleasesOrphans(t *testing.T) {
+	e := newCNIEnv(t, 2) // VFs 0 and 2: ends of different veth pairs
+	list := e.conflist(t, "1.1.0", nil)
+	ctx := context.Background()
+	ns1, ns2 := e.netns(t), e.netns(t)
+	for i, ns := range []string{ns1, ns2} {
+		if _, err := e.cni.AddNetworkList(ctx, list, rt(fmt.Sprintf("r%d", i), ns, "net1", vfBDF(2*i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command("ip", "netns", "del", filepath.Base(ns1)).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	r := &agent.Reconciler{StateDir: e.state, CNIBinary: filepath.Join(binDir, "railnet"), CNIPath: cniPluginDir + ":" + binDir}
+	n, err := r.Once(ctx)
+	if err != nil || n != 1 {
+		t.Fatalf("reconciler released %d: %v", n, err)
+	}
+	if _, err := os.Stat(filepath.Join(e.state, "records", "r0-net1.json")); !os.IsNotExist(err) {
+		t.Errorf("orphan's record: %v", err)
+	}
+	if l := leases(t, e.ipamDir); len(l) != 1 {
+		t.Errorf("leases after reconcile: %v", l)
+	}
+	if err := e.cni.CheckNetworkList(ctx, list, rt("r1", ns2, "net1", vfBDF(2))); err != nil {
+		t.Errorf("the live attachment broke: %v", err)
+	}
+	if n, err := r.Once(ctx); err != nil || n != 0 {
+		t.Errorf("second pass released %d: %v", n, err)
 	}
 }

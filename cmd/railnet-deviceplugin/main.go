@@ -51,7 +51,8 @@ func main() {
 type flags struct {
 	config, sys, dev, kubeletDir, devinfoDir, cdiDir, metricsAddr, installCNIDir, cniBinary, logLevel string
 	cdi, netlinkEvents, configSet                                                                     bool
-	rescan                                                                                            time.Duration
+	rescan, reconcile                                                                                 time.Duration
+	cniStateDir, cniPath                                                                              string
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -72,6 +73,9 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.cdiDir, "cdi-dir", deviceplugin.DefaultCDIDir, "where --cdi writes its specs")
 	fs.BoolVar(&f.netlinkEvents, "netlink-events", true, "rescan on netlink link events")
 	fs.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "periodic full rescan")
+	fs.StringVar(&f.cniStateDir, "cni-state-dir", "/var/lib/cni/railnet", "the railnet CNI's attachment records, for the reconciler")
+	fs.StringVar(&f.cniPath, "cni-path", "", "where IPAM plugins are for the reconciler's DEL (default: as recorded by ADD)")
+	fs.DurationVar(&f.reconcile, "reconcile-interval", time.Minute, "release attachments whose pod netns is gone; 0 disables")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -154,6 +158,12 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 	}
 	if f.netlinkEvents {
 		watchLinks(ctx, a, log)
+	}
+	if f.reconcile > 0 {
+		// Multus sends GC only to the cluster network: orphaned railnet
+		// attachments on secondary networks are ours to release.
+		r := &agent.Reconciler{StateDir: f.cniStateDir, CNIBinary: f.cniBinary, CNIPath: f.cniPath, Logger: log}
+		go r.Run(ctx, f.reconcile)
 	}
 	mgrDone := make(chan error, 1)
 	mctx, cancel := context.WithCancel(ctx)
