@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/railnet/railnet/pkg/atomicfile"
 )
 
 // Version is the spec version written.
@@ -61,25 +63,7 @@ func Write(dir, resource, id string, info *Info) error {
 }
 
 // WriteFile writes b to p atomically with mode 0444.
-func WriteFile(p string, b []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(p), ".devinfo-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Chmod(0o444); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), p)
-}
+func WriteFile(p string, b []byte) error { return atomicfile.Write(p, b, 0o444, false) }
 
 // Remove deletes the file of one device; a missing file is fine.
 func Remove(dir, resource, id string) error {

@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/railnet/railnet/pkg/atomicfile"
 )
 
 // DefaultDir is where the CNI keeps its records.
@@ -117,31 +119,7 @@ func (s *Store) Save(r *Record) error {
 	if err != nil {
 		return err
 	}
-	dir := filepath.Join(s.dir, "records")
-	tmp, err := os.CreateTemp(dir, ".rec-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(b); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), s.path(r.ContainerID, r.IfName)); err != nil {
-		return err
-	}
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-	return nil
+	return atomicfile.Write(s.path(r.ContainerID, r.IfName), b, 0o600, true)
 }
 
 // Load returns the record, or an error wrapping os.ErrNotExist.
