@@ -123,7 +123,7 @@ func (s *Scanner) Scan() (*Inventory, error) {
 			}
 		}
 	}
-	inv.NUMANodes = s.numaNodes(w)
+	inv.NUMANodes = s.numaNodes()
 	slices.SortFunc(w.list, func(a, b Warning) int {
 		if c := strings.Compare(a.Path, b.Path); c != 0 {
 			return c
@@ -489,7 +489,7 @@ func (s *Scanner) linkVFs(inv *Inventory, w *warnings) {
 	}
 }
 
-func (s *Scanner) numaNodes(w *warnings) []int {
+func (s *Scanner) numaNodes() []int {
 	names, err := s.sys.ReadNames("devices/system/node")
 	if err != nil {
 		return nil // a kernel without NUMA support has no such directory

@@ -116,13 +116,18 @@ type Topology struct {
 	Matrix map[string]map[string]Class `json:"matrix"`
 	Rails  []Rail                      `json:"-"`
 
-	inv  *discovery.Inventory
-	byNC map[string]*discovery.NIC // column name → NIC
+	inv   *discovery.Inventory
+	byNC  map[string]*discovery.NIC // column name → NIC
+	byBDF map[string]*discovery.NIC // every network function, VFs included
 }
 
 // Build computes the matrix and rails of an inventory.
 func Build(inv *discovery.Inventory) *Topology {
-	t := &Topology{Matrix: map[string]map[string]Class{}, inv: inv, byNC: map[string]*discovery.NIC{}}
+	t := &Topology{Matrix: map[string]map[string]Class{}, inv: inv, byNC: map[string]*discovery.NIC{},
+		byBDF: make(map[string]*discovery.NIC, len(inv.NICs))}
+	for _, n := range inv.NICs {
+		t.byBDF[n.BDF] = n
+	}
 	for _, g := range inv.GPUs {
 		t.GPUs = append(t.GPUs, GPU{Name: g.Name, BDF: g.BDF, NUMA: g.NUMA})
 	}
@@ -170,7 +175,7 @@ func (t *Topology) Class(gpu, nicBDF string) (Class, bool) {
 			g = x
 		}
 	}
-	n := t.inv.NIC(nicBDF)
+	n := t.byBDF[nicBDF]
 	if g == nil || n == nil {
 		return 0, false
 	}
@@ -179,9 +184,18 @@ func (t *Topology) Class(gpu, nicBDF string) (Class, bool) {
 
 // Nearest returns, for a network function, its closest class to any GPU and
 // the GPUs at that class. ok is false when there are no GPUs.
+// Pools call it for every function of a node, so the lookup is a map, not
+// Inventory.NIC's scan.
 func (t *Topology) Nearest(nicBDF string) (best Class, gpus []string, ok bool) {
-	n := t.inv.NIC(nicBDF)
-	if n == nil || len(t.inv.GPUs) == 0 {
+	n := t.byBDF[nicBDF]
+	if n == nil {
+		return 0, nil, false
+	}
+	return t.nearest(n)
+}
+
+func (t *Topology) nearest(n *discovery.NIC) (best Class, gpus []string, ok bool) {
+	if len(t.inv.GPUs) == 0 {
 		return 0, nil, false
 	}
 	best = SYS + 1
@@ -205,7 +219,7 @@ func (t *Topology) rails() []Rail {
 	groups := map[key]*Rail{}
 	var order []key
 	for _, c := range t.NICs {
-		best, gpus, ok := t.Nearest(t.byNC[c.Name].BDF)
+		best, gpus, ok := t.nearest(t.byNC[c.Name])
 		if !ok {
 			return nil
 		}
