@@ -162,6 +162,14 @@ func TestRegistersEveryPoolAndServesIt(t *testing.T) {
 	if after, _ := os.Stat(f); !os.SameFile(before, after) {
 		t.Error("an unchanged device-info file was recreated by a rescan")
 	}
+	specPath := filepath.Join(e.cdi, "railnet.io-rail0.json")
+	specBefore, _ := os.Stat(specPath)
+	if err := e.agent.Rescan(); err != nil {
+		t.Fatal(err)
+	}
+	if specAfter, _ := os.Stat(specPath); specBefore == nil || !os.SameFile(specBefore, specAfter) {
+		t.Error("an unchanged CDI spec was rewritten by a rescan")
+	}
 	// The CDI spec of the pool names every device with its character devices.
 	var spec struct {
 		Kind    string `json:"kind"`

@@ -1,6 +1,7 @@
 package deviceplugin
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"os"
@@ -44,7 +45,8 @@ func cdiSpecPath(dir, resource string) string {
 // cdiDeviceName is the part after '=' of CDIName.
 func cdiDeviceName(id string) string { return strings.NewReplacer("#", "_", "/", "_").Replace(id) }
 
-// writeCDISpec writes the pool's CDI spec atomically (0444).
+// writeCDISpec writes the pool's CDI spec atomically (0444), only when it
+// changed: every rescan calls it, and runtimes watch the directory.
 func writeCDISpec(dir string, p Pool) error {
 	spec := cdiSpec{Version: "0.6.0", Kind: p.Resource}
 	for _, d := range p.Devices {
@@ -62,10 +64,14 @@ func writeCDISpec(dir string, p Pool) error {
 	if err != nil {
 		return err
 	}
+	path := cdiSpecPath(dir, p.Resource)
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
+		return nil
+	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	return deviceinfo.WriteFile(cdiSpecPath(dir, p.Resource), b)
+	return deviceinfo.WriteFile(path, b)
 }
 
 func removeCDISpec(dir, resource string) error {
