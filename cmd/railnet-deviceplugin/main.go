@@ -45,7 +45,7 @@ func main() {
 			}
 		}
 	}()
-	os.Exit(run(ctx, os.Args[1:], os.Stderr, reload))
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr, reload))
 }
 
 type flags struct {
@@ -53,6 +53,8 @@ type flags struct {
 	cdi, netlinkEvents, configSet                                                                     bool
 	rescan, reconcile                                                                                 time.Duration
 	cniStateDir, cniPath                                                                              string
+	hostRoot, hostCNIBinary, podResources, cniNodeConfig                                              string
+	version, installOnly                                                                              bool
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -75,7 +77,13 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.DurationVar(&f.rescan, "rescan-interval", 30*time.Second, "periodic full rescan")
 	fs.StringVar(&f.cniStateDir, "cni-state-dir", "/var/lib/cni/railnet", "the railnet CNI's attachment records, for the reconciler")
 	fs.StringVar(&f.cniPath, "cni-path", "", "where IPAM plugins are for the reconciler's DEL (default: as recorded by ADD)")
-	fs.DurationVar(&f.reconcile, "reconcile-interval", time.Minute, "release attachments whose pod netns is gone; 0 disables")
+	fs.DurationVar(&f.reconcile, "reconcile-interval", time.Minute, "release attachments no running pod holds (or whose netns is gone); 0 disables")
+	fs.StringVar(&f.hostRoot, "host-root", "", "the host's / as this process sees it (/proc/1/root with hostPID): the reconciler's DEL runs chrooted there, in the host's mount view; empty: this process's own view")
+	fs.StringVar(&f.podResources, "pod-resources-socket", agent.DefaultPodResourcesSocket, "the kubelet's pod-resources API, for the reconciler; empty: netns paths only")
+	fs.StringVar(&f.cniNodeConfig, "cni-node-config", "", "write the CNI's node settings (sysfs root, state dir) to this file (the host's /etc/railnet/cni.json)")
+	fs.StringVar(&f.hostCNIBinary, "host-cni-binary", "/opt/cni/bin/railnet", "with --host-root: the CNI binary the reconciler runs, as the host sees it")
+	fs.BoolVar(&f.installOnly, "install-only", false, "install the CNI binary (--install-cni-dir) and its node settings (--cni-node-config), then exit: an init container")
+	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
@@ -90,7 +98,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	return f, nil
 }
 
-func run(ctx context.Context, args []string, stderr io.Writer, reload <-chan struct{}) int {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-chan struct{}) int {
 	f, err := parseFlags(args, stderr)
 	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -98,6 +106,10 @@ func run(ctx context.Context, args []string, stderr io.Writer, reload <-chan str
 		}
 		fmt.Fprintf(stderr, "railnet-deviceplugin: %v\n", err)
 		return 2
+	}
+	if f.version {
+		fmt.Fprintln(stdout, "railnet-deviceplugin", version)
+		return 0
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
@@ -112,8 +124,28 @@ func run(ctx context.Context, args []string, stderr io.Writer, reload <-chan str
 	return 0
 }
 
+// install puts the CNI binary and its node settings on the host.
+func install(f *flags, log *slog.Logger) error {
+	if f.installCNIDir != "" {
+		if err := agent.InstallCNI(f.cniBinary, f.installCNIDir); err != nil {
+			return err
+		}
+		log.Info("installed CNI binary", "dir", f.installCNIDir)
+	}
+	if f.cniNodeConfig != "" {
+		if err := agent.WriteCNINodeConfig(f.cniNodeConfig, f.sys, f.cniStateDir); err != nil {
+			return err
+		}
+		log.Info("wrote the CNI's node settings", "file", f.cniNodeConfig)
+	}
+	return nil
+}
+
 func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct{}) error {
 	log.Info("starting", "version", version, "sysfsRoot", f.sys, "devfsRoot", f.dev, "kubeletDir", f.kubeletDir, "config", f.config)
+	if f.installOnly {
+		return install(f, log)
+	}
 	sys, err := sysfs.New(f.sys)
 	if err != nil {
 		return fmt.Errorf("--sysfs-root: %w", err)
@@ -131,17 +163,14 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 	}
 	metrics := deviceplugin.NewMetrics()
 	mgr := deviceplugin.NewManager(deviceplugin.Options{KubeletDir: f.kubeletDir, DevInfoDir: f.devinfoDir,
-		CDI: f.cdi, CDIDir: f.cdiDir, Logger: log, Metrics: metrics})
+		CDI: f.cdi, CDIDir: f.cdiDir, DevfsRoot: f.dev, Logger: log, Metrics: metrics})
 	a, err := agent.New(agent.Options{ConfigPath: configPath, Sys: sys, Dev: dev, Manager: mgr, Metrics: metrics,
 		Logger: log, RescanInterval: f.rescan})
 	if err != nil {
 		return err
 	}
-	if f.installCNIDir != "" {
-		if err := agent.InstallCNI(f.cniBinary, f.installCNIDir); err != nil {
-			return err
-		}
-		log.Info("installed CNI binary", "dir", f.installCNIDir)
+	if err := install(f, log); err != nil {
+		return err
 	}
 	if f.metricsAddr != "" {
 		lis, err := net.Listen("tcp", f.metricsAddr)
@@ -162,7 +191,17 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 	if f.reconcile > 0 {
 		// Multus sends GC only to the cluster network: orphaned railnet
 		// attachments on secondary networks are ours to release.
-		r := &agent.Reconciler{StateDir: f.cniStateDir, CNIBinary: f.cniBinary, CNIPath: f.cniPath, Logger: log}
+		bin := f.cniBinary
+		if f.hostRoot != "" {
+			bin = f.hostCNIBinary
+		}
+		r := &agent.Reconciler{StateDir: f.cniStateDir, CNIBinary: bin, CNIPath: f.cniPath, HostRoot: f.hostRoot,
+			ResourceOf: mgr.ResourceOf, Logger: log, Metrics: agent.NewReconcileMetrics(metrics.Registry)}
+		if f.podResources != "" {
+			pods := &agent.KubeletPods{Socket: f.podResources}
+			defer pods.Close()
+			r.Pods = pods
+		}
 		go r.Run(ctx, f.reconcile)
 	}
 	mgrDone := make(chan error, 1)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"io"
 
@@ -13,18 +14,21 @@ func cmdFakesys(args []string, out io.Writer) error {
 	}
 	switch args[0] {
 	case "build":
-		fs, err := parse("fakesys build", nil, args[1:], nil)
+		var opts fakesys.Options
+		fs, err := parse("fakesys build", nil, args[1:], func(fs *flag.FlagSet) {
+			fs.BoolVar(&opts.DeviceNodes, "device-nodes", false, "make /dev entries real character devices (root)")
+		})
 		if err != nil {
 			return err
 		}
 		if fs.NArg() != 2 {
-			return fmt.Errorf("%w: fakesys build FIXTURE DIR", errUsage)
+			return fmt.Errorf("%w: fakesys build [--device-nodes] FIXTURE DIR", errUsage)
 		}
 		m, err := fakesys.Load(fs.Arg(0))
 		if err != nil {
 			return err
 		}
-		t, err := fakesys.Materialize(m, fs.Arg(1))
+		t, err := fakesys.MaterializeWith(m, fs.Arg(1), opts)
 		if err != nil {
 			return err
 		}

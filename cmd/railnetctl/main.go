@@ -15,7 +15,7 @@ const usage = `railnetctl: railnet's operator CLI
 Usage:
   railnetctl inventory [--format table|json] [--summary]   every NIC/PF/VF/HCA/GPU of the node
   railnetctl topology  [--format table|json|dot]           GPU↔NIC PCIe classes (as nvidia-smi topo -m), rails
-  railnetctl fakesys build FIXTURE DIR                     write a mocked DIR/sys and DIR/dev from a machine description
+  railnetctl fakesys build [--device-nodes] FIXTURE DIR    write a mocked DIR/sys and DIR/dev from a machine description
   railnetctl fakesys check FIXTURE...                      validate machine descriptions
   railnetctl snapshot [--output FILE]                      a tar.gz of the sysfs files railnet reads, for bug reports
   railnetctl validate-config FILE [--sysfs-root DIR]       check a device plugin config; with a root, what each pool selects

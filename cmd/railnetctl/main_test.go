@@ -147,7 +147,7 @@ func TestCLIErrors(t *testing.T) {
 		{[]string{"frobnicate"}, 2, `unknown command "frobnicate"`},
 		{[]string{"topology", "--format", "yaml"}, 2, `--format "yaml"`},
 		{[]string{"inventory", "--sysfs-root", "/nonexistent/sys"}, 1, "--sysfs-root"},
-		{[]string{"fakesys", "build", "only-one-arg"}, 2, "fakesys build FIXTURE DIR"},
+		{[]string{"fakesys", "build", "only-one-arg"}, 2, "fakesys build [--device-nodes] FIXTURE DIR"},
 		{[]string{"fakesys", "build", "/nonexistent.json", "/tmp/x"}, 1, "no such file"},
 		{[]string{"--bogus"}, 2, "bogus"},
 	} {

@@ -5,6 +5,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/railnet/railnet/pkg/atomicfile"
+	cniconfig "github.com/railnet/railnet/pkg/cni/config"
 	"github.com/railnet/railnet/pkg/deviceplugin"
 	"github.com/railnet/railnet/pkg/discovery"
 	"github.com/railnet/railnet/pkg/pools"
@@ -274,4 +277,20 @@ func InstallCNI(src, dir string) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), filepath.Join(dir, filepath.Base(src)))
+}
+
+// WriteCNINodeConfig writes the CNI's node settings (config.Node): host
+// paths are the node's to choose, not a NAD's. Written atomically, 0644.
+func WriteCNINodeConfig(path, sysfsRoot, stateDir string) error {
+	b, err := json.Marshal(cniconfig.Node{SysfsRoot: sysfsRoot, StateDir: stateDir})
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("CNI node settings: %w", err)
+	}
+	if err := atomicfile.Write(path, append(b, '\n'), 0o644, true); err != nil {
+		return fmt.Errorf("CNI node settings: %w", err)
+	}
+	return nil
 }

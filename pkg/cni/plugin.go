@@ -87,14 +87,28 @@ func (p *Plugin) logger(conf *config.NetConf, args *skel.CmdArgs, cmd string) (*
 	l := slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level})).With("cmd", cmd)
 	if args != nil {
 		l = l.With("containerID", args.ContainerID, "netns", args.Netns, "ifname", args.IfName)
-		// CNI_ARGS from Multus/kubelet: K8S_POD_NAMESPACE=..;K8S_POD_NAME=..
-		for _, kv := range strings.Split(args.Args, ";") {
-			if k, v, ok := strings.Cut(kv, "="); ok && (k == "K8S_POD_NAMESPACE" || k == "K8S_POD_NAME") {
-				l = l.With(k, v)
-			}
+		if ns, name, _ := podIdentity(args.Args); name != "" {
+			l = l.With("K8S_POD_NAMESPACE", ns, "K8S_POD_NAME", name)
 		}
 	}
 	return l, closeFn
+}
+
+// podIdentity reads the pod from CNI_ARGS (Multus/kubelet:
+// K8S_POD_NAMESPACE=..;K8S_POD_NAME=..;K8S_POD_UID=..).
+func podIdentity(cniArgs string) (namespace, name, uid string) {
+	for _, kv := range strings.Split(cniArgs, ";") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			namespace = v
+		case "K8S_POD_NAME":
+			name = v
+		case "K8S_POD_UID":
+			uid = v
+		}
+	}
+	return namespace, name, uid
 }
 
 func typed(code uint, msg string, err error) *types.Error {
@@ -215,6 +229,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	rec := &state.Record{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, Network: conf.Name,
 		Created: time.Now().UTC(), Phase: state.PhaseReserved, DeviceID: deviceID, BDF: dev.BDF, PF: dev.PF,
 		VFIndex: dev.VFIndex, Driver: dev.Driver, Config: args.StdinData, CNIPath: os.Getenv("CNI_PATH")}
+	rec.PodNamespace, rec.PodName, rec.PodUID = podIdentity(args.Args)
 	if dev.Netdev != "" {
 		hs, err := netdev.Snapshot(host, dev.Netdev)
 		if err != nil {

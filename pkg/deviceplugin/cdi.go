@@ -35,6 +35,7 @@ type cdiEdits struct {
 
 type cdiDeviceNode struct {
 	Path        string `json:"path"`
+	HostPath    string `json:"hostPath,omitempty"`
 	Permissions string `json:"permissions,omitempty"`
 }
 
@@ -47,16 +48,16 @@ func cdiDeviceName(id string) string { return strings.NewReplacer("#", "_", "/",
 
 // writeCDISpec writes the pool's CDI spec atomically (0444), only when it
 // changed: every rescan calls it, and runtimes watch the directory.
-func writeCDISpec(dir string, p Pool) error {
+func writeCDISpec(dir, devfsRoot string, p Pool) error {
 	spec := cdiSpec{Version: "0.6.0", Kind: p.Resource}
 	for _, d := range p.Devices {
 		cd := cdiDevice{Name: cdiDeviceName(d.ID)}
 		cd.Edits.Env = []string{"RAILNET_PCI_ADDRESS_" + strings.ToUpper(strings.NewReplacer(":", "_", ".", "_").Replace(d.BDF)) + "=" + d.BDF}
 		for _, c := range d.CharDevs {
-			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, cdiDeviceNode{Path: c, Permissions: "rw"})
+			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, cdiDeviceNode{Path: c, HostPath: hostDevPath(devfsRoot, c), Permissions: "rw"})
 		}
 		if len(d.RDMA) > 0 && p.RDMACM != "" {
-			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, cdiDeviceNode{Path: p.RDMACM, Permissions: "rw"})
+			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, cdiDeviceNode{Path: p.RDMACM, HostPath: hostDevPath(devfsRoot, p.RDMACM), Permissions: "rw"})
 		}
 		spec.Devices = append(spec.Devices, cd)
 	}

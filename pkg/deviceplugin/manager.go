@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -19,10 +20,14 @@ import (
 
 // Options configure a Manager.
 type Options struct {
-	KubeletDir         string // default /var/lib/kubelet/device-plugins
-	DevInfoDir         string // default /var/run/k8s.cni.cncf.io/devinfo/dp; "-" disables the files
-	CDI                bool   // Allocate returns CDI names; a CDI spec per pool is written to CDIDir
-	CDIDir             string // default /var/run/cdi
+	KubeletDir string // default /var/lib/kubelet/device-plugins
+	DevInfoDir string // default /var/run/k8s.cni.cncf.io/devinfo/dp; "-" disables the files
+	CDI        bool   // Allocate returns CDI names; a CDI spec per pool is written to CDIDir
+	CDIDir     string // default /var/run/cdi
+	// DevfsRoot is the directory that stands for /dev on the node, as the
+	// container runtime sees it (default /dev): device specs and CDI specs
+	// name host paths below it; pods still see /dev/infiniband/....
+	DevfsRoot          string
 	Logger             *slog.Logger
 	Metrics            *Metrics
 	RegisterBackoff    time.Duration // first retry delay (default 200ms)
@@ -53,6 +58,9 @@ func NewManager(o Options) *Manager {
 	}
 	if o.CDIDir == "" {
 		o.CDIDir = DefaultCDIDir
+	}
+	if o.DevfsRoot == "" {
+		o.DevfsRoot = "/dev"
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -85,7 +93,7 @@ func (m *Manager) Update(pools []Pool) error {
 		p = m.merge(p)
 		m.writeDevInfo(p)
 		if m.opts.CDI {
-			if err := writeCDISpec(m.opts.CDIDir, p); err != nil {
+			if err := writeCDISpec(m.opts.CDIDir, m.opts.DevfsRoot, p); err != nil {
 				m.log.Error("write CDI spec", "pool", p.Name, "err", err)
 			}
 		}
@@ -324,4 +332,30 @@ func (m *Manager) Close() {
 	for _, s := range m.servers {
 		m.stopLocked(s)
 	}
+}
+
+// hostDevPath maps a /dev path (what a pod sees) to the node's path below
+// devfsRoot (what the runtime opens).
+func hostDevPath(devfsRoot, p string) string {
+	rel, ok := strings.CutPrefix(p, "/dev/")
+	if !ok || devfsRoot == "/dev" {
+		return p
+	}
+	return filepath.Join(devfsRoot, rel)
+}
+
+// ResourceOf names the resource that advertises device id (a BDF, or a
+// shared slot BDF#k), if any pool does.
+func (m *Manager) ResourceOf(id string) (string, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for name, devs := range m.known {
+		if _, ok := devs[id]; ok {
+			if s := m.servers[name]; s != nil {
+				p, _ := s.snapshot()
+				return p.Resource, true
+			}
+		}
+	}
+	return "", false
 }

@@ -289,7 +289,7 @@ func (s *server) allocateContainer(ids []string) (*pluginapi.ContainerAllocateRe
 		for _, c := range d.CharDevs {
 			if !seenDev[c] {
 				seenDev[c] = true
-				cr.Devices = append(cr.Devices, &pluginapi.DeviceSpec{ContainerPath: c, HostPath: c, Permissions: "rw"})
+				cr.Devices = append(cr.Devices, &pluginapi.DeviceSpec{ContainerPath: c, HostPath: hostDevPath(s.m.opts.DevfsRoot, c), Permissions: "rw"})
 			}
 		}
 		if s.m.opts.CDI {
@@ -297,7 +297,7 @@ func (s *server) allocateContainer(ids []string) (*pluginapi.ContainerAllocateRe
 		}
 	}
 	if len(hcas) > 0 && s.pool.RDMACM != "" {
-		cr.Devices = append(cr.Devices, &pluginapi.DeviceSpec{ContainerPath: s.pool.RDMACM, HostPath: s.pool.RDMACM, Permissions: "rw"})
+		cr.Devices = append(cr.Devices, &pluginapi.DeviceSpec{ContainerPath: s.pool.RDMACM, HostPath: hostDevPath(s.m.opts.DevfsRoot, s.pool.RDMACM), Permissions: "rw"})
 	}
 	env := EnvName(s.pool.Resource)
 	cr.Envs[env] = strings.Join(bdfs, ",")

@@ -8,6 +8,8 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"golang.org/x/sys/unix"
 )
 
 // Tree is a materialized machine: Sys stands for /sys, Dev for /dev.
@@ -16,10 +18,23 @@ type Tree struct {
 	Dev string
 }
 
+// Options change how a tree is written.
+type Options struct {
+	// DeviceNodes makes /dev entries real character devices (mknod, needs
+	// root) with the numbers the kernel gives them, so a container runtime
+	// can create them in a container; otherwise they are empty files.
+	DeviceNodes bool
+}
+
 // Materialize writes the machine as dir/sys and dir/dev. dir is created if
 // needed; dir/sys and dir/dev must not exist yet, so a tree is never mixed
 // with an older one.
 func Materialize(m *Machine, dir string) (Tree, error) {
+	return MaterializeWith(m, dir, Options{})
+}
+
+// MaterializeWith is Materialize with options.
+func MaterializeWith(m *Machine, dir string, opts Options) (Tree, error) {
 	t := Tree{Sys: filepath.Join(dir, "sys"), Dev: filepath.Join(dir, "dev")}
 	for _, p := range []string{t.Sys, t.Dev} {
 		if _, err := os.Lstat(p); err == nil {
@@ -30,7 +45,7 @@ func Materialize(m *Machine, dir string) (Tree, error) {
 	if err != nil {
 		return t, err
 	}
-	w := &writer{sys: t.Sys, dev: t.Dev}
+	w := &writer{sys: t.Sys, dev: t.Dev, nodes: opts.DeviceNodes}
 	w.numa(m)
 	byBDF := map[string]*Function{}
 	for _, f := range fns {
@@ -48,7 +63,7 @@ func Materialize(m *Machine, dir string) (Tree, error) {
 	for _, f := range fns {
 		w.function(m, f)
 		if f.Node.Type == "gpu" {
-			w.devnode(fmt.Sprintf("nvidia%d", gpuIdx))
+			w.devnode(fmt.Sprintf("nvidia%d", gpuIdx), nvidiaMajor, uint32(gpuIdx))
 			gpuIdx++
 		}
 		if f.RDMA != "" {
@@ -56,12 +71,12 @@ func Materialize(m *Machine, dir string) (Tree, error) {
 		}
 	}
 	if gpuIdx > 0 {
-		for _, n := range []string{"nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"} {
-			w.devnode(n)
-		}
+		w.devnode("nvidiactl", nvidiaMajor, 255)
+		w.devnode("nvidia-uvm", dynamicMajor, 0)
+		w.devnode("nvidia-uvm-tools", dynamicMajor, 1)
 	}
 	if hasRDMA {
-		w.devnode("infiniband/rdma_cm")
+		w.devnode("infiniband/rdma_cm", miscMajor, rdmaCMMinor)
 		w.file("class/infiniband_verbs/abi_version", "6\n")
 		w.file("class/infiniband_mad/abi_version", "5\n")
 	}
@@ -78,6 +93,7 @@ func Materialize(m *Machine, dir string) (Tree, error) {
 
 type writer struct {
 	sys, dev string
+	nodes    bool // mknod character devices instead of empty files
 	err      error
 	dirs     map[string]bool // directories known to exist
 }
@@ -152,7 +168,39 @@ func (w *writer) link(rel, target string) {
 	}
 }
 
-func (w *writer) devnode(rel string) {
+// Device numbers as the kernel hands them out (Documentation/admin-guide/
+// devices.txt and drivers/infiniband/core): uverbs 231:192+N for the first
+// 32 devices, umad 231:N and issm 231:64+N for the first 64 ports; beyond
+// those, and for rdma_cm (misc) and nvidia-uvm, the kernel picks a number at
+// run time, so any free one is as real as another.
+const (
+	miscMajor    = 10
+	rdmaCMMinor  = 58
+	ibMajor      = 231
+	nvidiaMajor  = 195
+	dynamicMajor = 240 // 234-254: the range the kernel allocates dynamic majors from
+	dynamicIB    = 241
+)
+
+func uverbs(n int) (uint32, uint32) {
+	if n < 32 {
+		return ibMajor, uint32(192 + n)
+	}
+	return dynamicIB, uint32(n - 32)
+}
+
+func mad(kind string, n int) (uint32, uint32) {
+	off := 0
+	if kind == "issm" {
+		off = 1
+	}
+	if n < 64 {
+		return ibMajor, uint32(64*off + n)
+	}
+	return dynamicIB + 1, uint32(2*(n-64) + off)
+}
+
+func (w *writer) devnode(rel string, major, minor uint32) {
 	if w.err != nil {
 		return
 	}
@@ -161,7 +209,16 @@ func (w *writer) devnode(rel string) {
 		w.fail(err)
 		return
 	}
-	w.fail(os.WriteFile(p, nil, 0o666))
+	if !w.nodes {
+		w.fail(os.WriteFile(p, nil, 0o666))
+		return
+	}
+	if err := unix.Mknod(p, unix.S_IFCHR|0o666, int(unix.Mkdev(major, minor))); err != nil {
+		w.fail(fmt.Errorf("mknod %s: %w", p, err))
+		return
+	}
+	// mknod's mode is filtered by the umask; a device node is 0666 in /dev.
+	w.fail(os.Chmod(p, 0o666))
 }
 
 func (w *writer) numa(m *Machine) {
@@ -331,9 +388,11 @@ func (w *writer) nic(f *Function, dir string) {
 			w.file(d+"/ibdev", f.RDMA+"\n")
 			w.file(d+"/port", "1\n")
 			w.link("class/infiniband_mad/"+kind+idx, d)
-			w.devnode("infiniband/" + kind + idx)
+			maj, min := mad(kind, f.RDMAIdx)
+			w.devnode("infiniband/"+kind+idx, maj, min)
 		}
-		w.devnode("infiniband/uverbs" + idx)
+		maj, min := uverbs(f.RDMAIdx)
+		w.devnode("infiniband/uverbs"+idx, maj, min)
 	}
 }
 

@@ -54,6 +54,12 @@ type Record struct {
 	Created     time.Time `json:"created"`
 	Phase       string    `json:"phase"`
 
+	// The pod, from CNI_ARGS, when the runtime gave it: the reconciler
+	// matches it against the kubelet's pod-resources.
+	PodNamespace string `json:"podNamespace,omitempty"`
+	PodName      string `json:"podName,omitempty"`
+	PodUID       string `json:"podUID,omitempty"`
+
 	DeviceID string `json:"deviceID"` // as given
 	BDF      string `json:"bdf"`
 	PF       string `json:"pf,omitempty"`   // PF netdev name (VF settings)

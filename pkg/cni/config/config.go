@@ -23,6 +23,44 @@ const EnvSysfsRoot = "RAILNET_SYSFS_ROOT"
 // DefaultStateDir holds the attachment records.
 const DefaultStateDir = "/var/lib/cni/railnet"
 
+// DefaultNodeFile holds the node's settings for the CNI. The DaemonSet
+// writes it; $RAILNET_NODE_CONFIG (the runtime's environment, never the
+// NAD's) names another file.
+const DefaultNodeFile = "/etc/railnet/cni.json"
+
+// EnvNodeFile names the node settings file.
+const EnvNodeFile = "RAILNET_NODE_CONFIG"
+
+// Node holds the node's settings: host paths, which a NAD should not
+// choose. A netconf value still wins until NADs are refused host paths.
+type Node struct {
+	SysfsRoot string `json:"sysfsRoot,omitempty"`
+	StateDir  string `json:"stateDir,omitempty"`
+	LogFile   string `json:"logFile,omitempty"`
+}
+
+// LoadNode reads the node settings file; a missing file is no settings.
+func LoadNode() (Node, error) {
+	path := DefaultNodeFile
+	if p := os.Getenv(EnvNodeFile); p != "" {
+		path = p
+	}
+	var n Node
+	b, err := os.ReadFile(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return n, nil
+	}
+	if err != nil {
+		return n, types.NewError(types.ErrIOFailure, "node settings "+path+" are not readable", err.Error())
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&n); err != nil {
+		return n, types.NewError(types.ErrIOFailure, "node settings "+path+" are not valid", err.Error())
+	}
+	return n, nil
+}
+
 // NetConf is the plugin's configuration.
 type NetConf struct {
 	types.NetConf
@@ -50,6 +88,7 @@ type NetConf struct {
 
 	// Unexported results of Validate.
 	hwMAC net.HardwareAddr
+	node  Node
 }
 
 // RuntimeConfig holds the capabilities Multus and runtimes pass.
@@ -83,6 +122,14 @@ func Parse(data []byte) (*NetConf, error) {
 	}
 	if err := c.Validate(); err != nil {
 		return nil, err
+	}
+	node, err := LoadNode()
+	if err != nil {
+		return nil, err
+	}
+	c.node = node
+	if c.LogFile == "" {
+		c.LogFile = node.LogFile
 	}
 	return &c, nil
 }
@@ -216,7 +263,8 @@ func (c *NetConf) Device() (string, error) {
 // HardwareAddr is the MAC to set, if any (runtimeConfig.mac over mac).
 func (c *NetConf) HardwareAddr() net.HardwareAddr { return c.hwMAC }
 
-// Root is the sysfs root: the config's, else $RAILNET_SYSFS_ROOT, else /sys.
+// Root is the sysfs root: the config's, else $RAILNET_SYSFS_ROOT, else the
+// node settings', else /sys.
 func (c *NetConf) Root() string {
 	if c.SysfsRoot != "" {
 		return c.SysfsRoot
@@ -224,13 +272,20 @@ func (c *NetConf) Root() string {
 	if r := os.Getenv(EnvSysfsRoot); r != "" {
 		return r
 	}
+	if c.node.SysfsRoot != "" {
+		return c.node.SysfsRoot
+	}
 	return "/sys"
 }
 
-// State is the state directory.
+// State is the state directory: the config's, else the node settings', else
+// DefaultStateDir.
 func (c *NetConf) State() string {
 	if c.StateDir != "" {
 		return c.StateDir
+	}
+	if c.node.StateDir != "" {
+		return c.node.StateDir
 	}
 	return DefaultStateDir
 }
