@@ -101,7 +101,9 @@ func TestReconcilerPodResources(t *testing.T) {
 
 	pods, sock := startPodResources(t)
 	// Every device is a pool's; "leftover"'s pod is gone from the kubelet.
-	pooled := func(id string) (string, bool) { return "railnet.io/test", id == vfBDF(0) || id == vfBDF(2) || id == vfBDF(4) }
+	pooled := func(id string) (string, bool) {
+		return "railnet.io/test", id == vfBDF(0) || id == vfBDF(2) || id == vfBDF(4)
+	}
 	pods.set(map[string][]string{"team/lostpath": {vfBDF(2)}, "team/running": {vfBDF(4)}}, false)
 	r := &agent.Reconciler{StateDir: e.state, CNIBinary: filepath.Join(binDir, "railnet"), CNIPath: cniPluginDir + ":" + binDir,
 		Pods: &agent.KubeletPods{Socket: sock}, ResourceOf: pooled}
