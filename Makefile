@@ -12,12 +12,31 @@ FUZZTIME ?= 10s
 DEMO_FIXTURE ?= testdata/fixtures/dgx-h100-like.json
 OUT     := out
 
-.PHONY: all build test unit fuzz-short bench demo lint deps clean cni-plugins test-kernel
+.PHONY: all build test unit fuzz-short bench demo lint deps clean cni-plugins test-kernel image e2e
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ ./cmd/...
+
+# image builds the container image (images/Dockerfile) with Debian's buildah,
+# daemonless and registry-free (FROM scratch), into an OCI archive that
+# `ctr -n k8s.io images import` and `docker load` accept.
+IMAGE      ?= localhost/railnet/railnet:$(VERSION)
+IMAGE_TAR  ?= $(BIN)/railnet-image.tar
+image: build
+	@command -v buildah >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq buildah >/dev/null; }
+	@store=$$(mktemp -d $(TESTTMP)/railnet-buildah.XXXXXX); trap 'buildah --root "$$store/root" --runroot "$$store/run" --storage-driver vfs rm -a >/dev/null 2>&1; rm -rf "$$store"' EXIT; \
+	b="buildah --root $$store/root --runroot $$store/run --storage-driver vfs"; \
+	$$b build --isolation chroot --quiet --build-arg VERSION=$(VERSION) -f images/Dockerfile -t $(IMAGE) . >/dev/null && \
+	rm -f $(IMAGE_TAR) && $$b push --quiet $(IMAGE) oci-archive:$(IMAGE_TAR):$(IMAGE) && \
+	echo "$(IMAGE) → $(IMAGE_TAR) ($$(du -h $(IMAGE_TAR) | cut -f1))"
+
+# e2e brings up a real single-node Kubernetes (etcd, apiserver, controller
+# manager, scheduler, kubelet, containerd, Multus) on a mocked sysfs node,
+# deploys railnet from the image with kustomize and runs the suite.
+e2e: image
+	bash e2e/cluster/run.sh
 
 # deps installs, as root on Debian, what the tests and the demo call.
 deps:
