@@ -36,7 +36,7 @@ image: build
 # manager, scheduler, kubelet, containerd, Multus) on a mocked sysfs node,
 # deploys railnet from the image with kustomize and runs the suite.
 e2e: image
-	bash e2e/cluster/run.sh
+	RAILNET_VERSION=$(VERSION) bash e2e/cluster/run.sh
 
 # deps installs, as root on Debian, what the tests and the demo call.
 deps:

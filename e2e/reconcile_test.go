@@ -161,7 +161,7 @@ func TestReconcilerPodResources(t *testing.T) {
 }
 
 // HostRoot runs DEL chrooted into the host's root (here "/": the test's
-// own), the way the DaemonSet does with /proc/1/root.
+// own), the way the DaemonSet does with the host's / mounted at /host.
 func TestReconcilerHostRoot(t *testing.T) {
 	e := newCNIEnv(t, 1)
 	list := e.conflist(t, "1.1.0", nil)

@@ -78,7 +78,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.cniStateDir, "cni-state-dir", "/var/lib/cni/railnet", "the railnet CNI's attachment records, for the reconciler")
 	fs.StringVar(&f.cniPath, "cni-path", "", "where IPAM plugins are for the reconciler's DEL (default: as recorded by ADD)")
 	fs.DurationVar(&f.reconcile, "reconcile-interval", time.Minute, "release attachments no running pod holds (or whose netns is gone); 0 disables")
-	fs.StringVar(&f.hostRoot, "host-root", "", "the host's / as this process sees it (/proc/1/root with hostPID): the reconciler's DEL runs chrooted there, in the host's mount view; empty: this process's own view")
+	fs.StringVar(&f.hostRoot, "host-root", "", "the host's / as this process sees it (a hostPath / mount with Bidirectional propagation, or /proc/1/root): the reconciler's DEL runs chrooted there, in the host's mount view; empty: this process's own view")
 	fs.StringVar(&f.podResources, "pod-resources-socket", agent.DefaultPodResourcesSocket, "the kubelet's pod-resources API, for the reconciler; empty: netns paths only")
 	fs.StringVar(&f.cniNodeConfig, "cni-node-config", "", "write the CNI's node settings (sysfs root, state dir) to this file (the host's /etc/railnet/cni.json)")
 	fs.StringVar(&f.hostCNIBinary, "host-cni-binary", "/opt/cni/bin/railnet", "with --host-root: the CNI binary the reconciler runs, as the host sees it")

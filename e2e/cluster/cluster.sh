@@ -9,6 +9,7 @@
 #   cluster.sh up      start everything, import the images, build the node
 #   cluster.sh down    stop everything and remove what up created
 #   cluster.sh logs    print every component's log
+#   cluster.sh restart-kubelet
 #
 # Everything lives below $E2E_DIR (default /var/lib/railnet-e2e) and
 # /run/railnet-e2e, plus the places a node's components own: /var/lib/kubelet,
@@ -309,6 +310,13 @@ up() {
 	NODE_IP=$(node_ip)
 	[ -n "$NODE_IP" ] || { echo "no node address (ip route get)" >&2; exit 1; }
 	say "node $NODE_NAME at $NODE_IP"
+	# Bidirectional mount propagation (the agent's host root) needs a shared
+	# /: systemd makes it so at boot, kind's node entrypoint too; this VM's
+	# init does not. down puts it back.
+	if ! grep -q ' / / .* shared:' /proc/self/mountinfo; then
+		mount --make-rshared /
+		touch "$RUN_DIR/made-root-shared"
+	fi
 	pki
 	mocked_node
 	containerd_up
@@ -358,14 +366,22 @@ down() {
 	for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(cni-|rne2e)'); do ip netns del "$n" 2>/dev/null || true; done
 	for l in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^(rne2e|net1$)'); do ip link del "$l" 2>/dev/null || true; done
 	ip link del rne2ecni0 2>/dev/null || true
+	if [ -f "$RUN_DIR/made-root-shared" ]; then mount --make-rprivate /; fi
 	rm -rf /var/lib/kubelet "$E2E_DIR" "$RUN_DIR" /etc/cni/net.d/00-multus.conf /etc/cni/net.d/multus.d \
 		/opt/cni/bin/multus /opt/cni/bin/railnet /etc/railnet/cni.json /var/lib/cni/railnet /var/lib/cni/networks \
 		/var/lib/cni/multus /var/lib/cni/results /var/run/k8s.cni.cncf.io /var/run/cdi/railnet.io-*
+}
+
+restart_kubelet() {
+	NODE_IP=$(node_ip)
+	stop kubelet
+	kubelet_up
 }
 
 case "${1:-}" in
 up) up ;;
 down) down ;;
 logs) logs ;;
-*) echo "usage: $0 up|down|logs" >&2; exit 2 ;;
+restart-kubelet) restart_kubelet ;;
+*) echo "usage: $0 up|down|logs|restart-kubelet" >&2; exit 2 ;;
 esac

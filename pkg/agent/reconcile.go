@@ -34,12 +34,13 @@ type Reconciler struct {
 	StateDir  string // the CNI's records (default /var/lib/cni/railnet), as this process sees them
 	CNIBinary string // the railnet CNI binary, as the DEL sees it (inside HostRoot when set)
 	CNIPath   string // where IPAM plugins are, as the DEL sees them; "" = the record's
-	// HostRoot is the host's root directory as this process sees it
-	// ("/proc/1/root" in a DaemonSet with hostPID). When set, netns paths
-	// are looked up below it, and DEL runs chrooted there: in the host's
-	// mount view, where the runtime's netns bind mounts, the pinned staging
-	// netns, host-local's /var/lib/cni/networks and /opt/cni/bin are, and,
-	// with hostPID, with the host's processes in /proc.
+	// HostRoot is the host's root directory as this process sees it (in
+	// the DaemonSet: a hostPath "/" mount with Bidirectional propagation;
+	// /proc/1/root works too where pid 1 may be inspected). When set, netns
+	// paths are looked up below it, and DEL runs chrooted there: in the
+	// host's mount view, where the runtime's netns bind mounts, the pinned
+	// staging netns, host-local's /var/lib/cni/networks and /opt/cni/bin
+	// are, and, with hostPID, with the host's processes in /proc.
 	HostRoot string
 	// Pods lists the devices running pods hold; nil: netns paths only.
 	Pods PodDevices

@@ -1,0 +1,288 @@
+#!/usr/bin/env bash
+# The e2e suite, against a cluster that cluster.sh (or e2e/kind/) brought
+# up, with railnet deployed from the image by kustomize. Each check prints
+# PASS or FAIL; the suite exits non-zero on the first FAIL.
+#
+# Environment: KUBECTL (a kubectl), KUBECONFIG, NODE_NAME; NODE_ROOT (the
+# mocked node's tree, as the host sees it); HOST_EXEC (how to run a command
+# on the node: empty on the node itself, "docker exec NODE" for kind);
+# RESTART_KUBELET (a command that restarts the kubelet).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+KUBECTL=${KUBECTL:-kubectl}
+NODE_ROOT=${NODE_ROOT:-/var/lib/railnet-e2e/node}
+HOST_EXEC=${HOST_EXEC:-}
+RESTART_KUBELET=${RESTART_KUBELET:-"bash $here/cluster.sh restart-kubelet"}
+NS=default
+k() { $KUBECTL "$@"; }
+host() { $HOST_EXEC "$@"; }
+say() { printf '[%s] %s\n' "$(date +%H:%M:%S)" "$*"; }
+pass() { say "PASS $*"; }
+fail() { say "FAIL $*"; exit 1; }
+# until_ok SECONDS COMMAND...: retry until it succeeds or time runs out.
+until_ok() {
+	local end=$((SECONDS + $1)); shift
+	until "$@" >/dev/null 2>&1; do
+		[ $SECONDS -lt $end ] || return 1
+		sleep 0.5
+	done
+}
+started=$SECONDS
+
+allocatable() { k get node "$NODE_NAME" -o jsonpath="{.status.allocatable.railnet\.io/$1}"; }
+is_allocatable() { [ "$(allocatable "$1")" = "$2" ]; }
+ds_ready() {
+	[ "$(k -n railnet-system get ds railnet-node -o jsonpath='{.status.numberReady}')" = 1 ] &&
+		[ "$(k -n railnet-system get ds railnet-node -o jsonpath='{.status.updatedNumberScheduled}')" = 1 ]
+}
+agent_pod() { k -n railnet-system get pods -l app.kubernetes.io/name=railnet-node -o jsonpath='{.items[0].metadata.name}'; }
+metrics() { host curl -sf http://127.0.0.1:9110/metrics; }
+pools_registered() {
+	local m
+	m=$(metrics) || return 1
+	echo "$m" | grep -q '^railnet_pool_registered{pool="e2e-vf"} 1' && echo "$m" | grep -q '^railnet_pool_registered{pool="e2e-hca"} 1'
+}
+registrations() { k -n railnet-system logs "$(agent_pod)" -c agent | grep -c '"msg":"registered with kubelet"' || true; }
+node_ready() { k get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' | grep -qx True; }
+new_agent() { local n; n=$(agent_pod) && [ -n "$n" ] && [ "$n" != "$1" ]; }
+all_vfs_home() { [ "$(vfs_in_host)" = 4 ]; }
+leases() { host sh -c 'ls /var/lib/cni/networks/e2e-vf 2>/dev/null' | grep -c '^10\.77\.0\.' || true; }
+records() { host sh -c 'ls /var/lib/cni/railnet/records 2>/dev/null' | grep -c json || true; }
+
+# vf_pod NAME: a pod that asks one VF of the e2e-vf pool through Multus.
+vf_pod() {
+	k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  namespace: $NS
+  labels: {railnet-e2e: "1"}
+  annotations: {k8s.v1.cni.cncf.io/networks: e2e-vf}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/railnet-e2e/testpod:1
+    imagePullPolicy: Never
+    resources: {limits: {railnet.io/e2e-vf: 1}}
+EOF
+}
+
+net1_ip() { k exec "$1" -- ip -4 -o addr show net1 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p'; }
+pod_env() { k exec "$1" -- env; }
+ready() { k wait --for=condition=Ready "pod/$1" --timeout=60s >/dev/null; }
+
+# Host links of the mocked NIC's VFs, as the fixture describes them.
+vf_link_ok() { # vf_link_ok N: rne2evN is in the host with its name, MAC and MTU
+	local out
+	out=$(host ip -o link show "rne2ev$1" 2>/dev/null) || return 1
+	echo "$out" | grep -q "link/ether 02:e2:e0:00:01:0$1" && echo "$out" | grep -q "mtu 1500"
+}
+vfs_in_host() { local n=0; for i in 0 1 2 3; do vf_link_ok "$i" && n=$((n + 1)); done; echo $n; }
+
+# ---------------------------------------------------------------------------
+say "deploy railnet: kubectl apply -k deployments/overlays/e2e"
+k apply -k "$repo/deployments/overlays/e2e" >/dev/null
+until_ok 120 ds_ready || fail "DaemonSet railnet-node did not become Ready"
+pass "DaemonSet Ready ($(agent_pod))"
+until_ok 60 is_allocatable e2e-vf 4 || fail "railnet.io/e2e-vf allocatable $(allocatable e2e-vf), want 4"
+until_ok 60 is_allocatable e2e-hca 4 || fail "railnet.io/e2e-hca allocatable $(allocatable e2e-hca), want 4"
+pass "Node allocatable: railnet.io/e2e-vf=4 railnet.io/e2e-hca=4"
+v=$(k -n railnet-system exec "$(agent_pod)" -c agent -- /usr/local/bin/railnet-deviceplugin --version)
+[ "$v" = "railnet-deviceplugin ${RAILNET_VERSION:?}" ] || fail "image version: '$v', want railnet-deviceplugin $RAILNET_VERSION"
+pass "the image's railnet-deviceplugin --version: $v"
+host cat /etc/railnet/cni.json | grep -q "\"sysfsRoot\":\"$NODE_ROOT/sys\"" || fail "CNI node settings: $(host cat /etc/railnet/cni.json)"
+[ -x /opt/cni/bin/railnet ] || host test -x /opt/cni/bin/railnet || fail "railnet CNI not installed"
+pass "init container installed /opt/cni/bin/railnet and /etc/railnet/cni.json"
+
+k apply -f "$here/manifests/nad-e2e.yaml" >/dev/null
+vf_pod vf-a; vf_pod vf-b
+ready vf-a || fail "pod vf-a not Ready: $(k describe pod vf-a | tail -5)"
+ready vf-b || fail "pod vf-b not Ready: $(k describe pod vf-b | tail -5)"
+a_ip=$(net1_ip vf-a); b_ip=$(net1_ip vf-b)
+case "$a_ip$b_ip" in 10.77.0.*10.77.0.*) ;; *) fail "net1 addresses: vf-a '$a_ip' vf-b '$b_ip'" ;; esac
+pass "vf-a net1 $a_ip, vf-b net1 $b_ip (host-local)"
+declare -A vf_of
+for p in vf-a vf-b; do
+	env_out=$(pod_env $p)
+	bdf=$(echo "$env_out" | sed -n 's/^PCIDEVICE_RAILNET_IO_E2E_VF=//p')
+	echo "$bdf" | grep -Eq '^0000:04:00\.[2-5]$' || fail "$p PCIDEVICE_RAILNET_IO_E2E_VF='$bdf'"
+	echo "$env_out" | grep -Eq '^NCCL_IB_HCA==mlx5_[2-5]$' || fail "$p NCCL_IB_HCA: $(echo "$env_out" | grep NCCL)"
+	status=$(k get pod $p -o jsonpath='{.metadata.annotations.k8s\.v1\.cni\.cncf\.io/network-status}')
+	echo "$status" | tr -d ' \n' | grep -q "\"interface\":\"net1\".*\"device-info\":{\"type\":\"pci\",\"version\":\"1.1.0\",\"pci\":{\"pci-address\":\"$bdf\"" ||
+		fail "$p network-status has no device-info for $bdf: $status"
+	vf_of[$p]=$bdf
+done
+[ "${vf_of[vf-a]}" != "${vf_of[vf-b]}" ] || fail "both pods got ${vf_of[vf-a]}"
+pass "env PCIDEVICE_*/NCCL_IB_HCA and network-status device-info: vf-a ${vf_of[vf-a]}, vf-b ${vf_of[vf-b]}"
+k exec vf-a -- ping -c 2 -W 2 -I net1 "$b_ip" >/dev/null || fail "vf-a cannot ping vf-b over net1"
+k exec vf-b -- ping -c 2 -W 2 -I net1 "$a_ip" >/dev/null || fail "vf-b cannot ping vf-a over net1"
+pass "vf-a and vf-b ping each other over net1"
+[ "$(vfs_in_host)" = 2 ] || fail "$(vfs_in_host) VFs left in the host, want 2"
+
+# RDMA pool: a shared HCA slot, no network; the runtime creates the device
+# nodes from railnet's device specs and CDI spec (host paths below the
+# mocked devfs, real character devices).
+k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata: {name: hca-a, namespace: $NS, labels: {railnet-e2e: "1"}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: localhost/railnet-e2e/testpod:1
+    imagePullPolicy: Never
+    resources: {limits: {railnet.io/e2e-hca: 1}}
+EOF
+ready hca-a || fail "pod hca-a not Ready: $(k describe pod hca-a | tail -5)"
+devs=$(k exec hca-a -- ls -l /dev/infiniband)
+for d in uverbs1 umad1 issm1 rdma_cm; do
+	echo "$devs" | grep -Eq "^c.* $d\$" || fail "hca-a has no character device /dev/infiniband/$d: $devs"
+done
+pod_env hca-a | grep -qx 'NCCL_IB_HCA==mlx5_1' || fail "hca-a NCCL_IB_HCA: $(pod_env hca-a | grep NCCL)"
+pass "RDMA pool pod hca-a: /dev/infiniband/{uverbs1,umad1,issm1,rdma_cm} character devices, NCCL_IB_HCA==mlx5_1"
+
+# ---------------------------------------------------------------------------
+# The reconciler. What a sandbox removed without a CNI DEL leaves: a netns
+# bind mount with a VF inside and the attachment record, and no pod. Made
+# here the way the runtime would have: railnet's own ADD, with Multus's
+# arguments, for a pod that does not exist, into a namespace nobody deletes.
+free=""
+for i in 0 1 2 3; do vf_link_ok $i && { free=$i; break; }; done
+[ -n "$free" ] || fail "no free VF for the leftover"
+free_bdf=$(printf '0000:04:00.%d' $((free + 2)))
+host ip netns add rne2e-leftover
+conf=$(k get net-attach-def e2e-vf -o jsonpath='{.spec.config}' | tr -d '\n')
+conf=${conf%\}}",\"deviceID\":\"$free_bdf\"}"
+host env CNI_COMMAND=ADD CNI_CONTAINERID=rne2e-leftover-0 CNI_NETNS=/var/run/netns/rne2e-leftover CNI_IFNAME=net1 \
+	CNI_PATH=/opt/cni/bin CNI_ARGS="IgnoreUnknown=1;K8S_POD_NAMESPACE=$NS;K8S_POD_NAME=ghost" \
+	/opt/cni/bin/railnet <<<"$conf" >/dev/null || fail "leftover ADD"
+host ip netns exec rne2e-leftover ip link show net1 >/dev/null || fail "leftover VF not in its netns"
+[ "$(leases)" = 3 ] || fail "leases with the leftover: $(leases), want 3"
+before=$SECONDS
+until_ok 30 vf_link_ok "$free" || fail "the reconciler did not return rne2ev$free from the leftover netns within 30s"
+pass "reconciler returned rne2ev$free (name, MAC, MTU) from a leftover netns in $((SECONDS - before))s (no running pod held it; its netns still existed)"
+host test -e /var/run/netns/rne2e-leftover || fail "leftover netns vanished: the VF came back some other way"
+[ "$(leases)" = 2 ] || fail "leftover's address not released: $(leases) leases, want 2"
+host ip netns del rne2e-leftover
+k -n railnet-system logs "$(agent_pod)" -c agent | grep -q '"msg":"reconciler released an orphaned attachment".*"reason":"no-running-pod"' ||
+	fail "no log line for the release"
+metrics | grep -Eq '^railnet_reconciler_released_total\{reason="no-running-pod"\} [1-9]' || fail "no release metric"
+metrics | grep -Eq '^railnet_reconciler_pod_resources_up 1' || fail "the reconciler does not reach pod-resources"
+for p in vf-a vf-b; do k exec $p -- ip link show net1 >/dev/null || fail "$p lost net1 to the reconciler"; done
+[ "$(records)" = 2 ] || fail "records after the reconciler: $(records), want 2 (vf-a, vf-b)"
+pass "log line and railnet_reconciler_released_total{reason=no-running-pod}; running pods' VFs untouched"
+
+# ---------------------------------------------------------------------------
+say "restart the kubelet"
+regs=$(registrations)
+more_registrations() { [ "$(registrations)" -ge $((regs + 2)) ]; }
+$RESTART_KUBELET
+until_ok 60 node_ready || fail "node not Ready after the kubelet restart"
+until_ok 30 more_registrations || fail "pools not registered again after the kubelet restart ($(registrations) registrations, had $regs)"
+until_ok 30 pools_registered || fail "railnet_pool_registered not 1 after the kubelet restart"
+until_ok 30 is_allocatable e2e-vf 4 || fail "e2e-vf allocatable after kubelet restart: $(allocatable e2e-vf)"
+for p in vf-a vf-b hca-a; do ready $p || fail "$p not running after the kubelet restart"; done
+[ "$(records)" = 2 ] || fail "records after kubelet restart: $(records)"
+pass "kubelet restart: both pools re-registered, allocations kept"
+vf_pod vf-c
+ready vf-c || fail "vf-c not Ready after the kubelet restart"
+c_bdf=$(pod_env vf-c | sed -n 's/^PCIDEVICE_RAILNET_IO_E2E_VF=//p')
+case "$c_bdf" in "${vf_of[vf-a]}" | "${vf_of[vf-b]}" | "") fail "vf-c got $c_bdf, already held" ;; esac
+pass "vf-c got $c_bdf, not a device a running pod holds"
+
+say "restart the DaemonSet pod"
+old=$(agent_pod)
+k -n railnet-system delete pod "$old" --wait=true >/dev/null
+until_ok 60 new_agent "$old" || fail "no new agent pod"
+until_ok 90 ds_ready || fail "DaemonSet not Ready after its pod restarted"
+until_ok 30 pools_registered || fail "pools not registered after the agent restarted"
+until_ok 30 is_allocatable e2e-vf 4 || fail "e2e-vf allocatable after agent restart: $(allocatable e2e-vf)"
+sleep 6 # a reconciler pass or more
+for p in vf-a vf-b vf-c; do k exec $p -- ip link show net1 >/dev/null || fail "$p lost net1 after the agent restart"; done
+[ "$(records)" = 3 ] || fail "records after agent restart: $(records), want 3"
+pass "agent restart: pools re-registered ($(agent_pod)), running pods keep their VFs"
+
+# ---------------------------------------------------------------------------
+say "PF link down"
+pf_state() { # pf_state up|down: the link and what the mocked sysfs says
+	local carrier=1; [ "$1" = up ] || carrier=0
+	host sh -c "echo $1 > $NODE_ROOT/sys/class/net/rne2epf/operstate; echo $carrier > $NODE_ROOT/sys/class/net/rne2epf/carrier"
+	host ip link set rne2epf "$1"
+}
+pf_state down
+until_ok 30 is_allocatable e2e-vf 0 || fail "VFs still allocatable with the PF down: $(allocatable e2e-vf)"
+metrics | grep -q '^railnet_pool_devices{health="Unhealthy",pool="e2e-vf",resource="railnet.io/e2e-vf"} 4' || fail "metrics do not show 4 Unhealthy VFs"
+pass "PF down: railnet.io/e2e-vf allocatable 0, 4 Unhealthy"
+pf_state up
+until_ok 30 is_allocatable e2e-vf 4 || fail "VFs not back after the PF came up: $(allocatable e2e-vf)"
+pass "PF up: railnet.io/e2e-vf allocatable 4 again"
+
+# ---------------------------------------------------------------------------
+say "delete the pods"
+k delete pod vf-a vf-b vf-c hca-a --wait=true --timeout=60s >/dev/null
+until_ok 30 all_vfs_home || fail "VFs back in the host: $(vfs_in_host)/4"
+[ "$(records)" = 0 ] || fail "records left: $(records)"
+[ "$(leases)" = 0 ] || fail "$(leases) addresses still leased"
+pass "deleting the pods returned all 4 VFs (name, MAC, MTU) and freed every address"
+
+# ---------------------------------------------------------------------------
+say "every manifest in deployments/ against the real apiserver (--dry-run=server)"
+# The secure namespaces are applied for real (their Roles live in them).
+out=$(k apply -k "$repo/deployments/examples/secure-ai" 2>&1) || fail "deployments/examples/secure-ai rejected: $out"
+for d in base overlays/e2e overlays/dgx-h100; do
+	out=$(k kustomize "$repo/deployments/$d" | k apply --dry-run=server -f - 2>&1) || fail "deployments/$d rejected: $out"
+done
+for f in "$repo"/deployments/examples/*.yaml; do
+	out=$(k apply --dry-run=server -f "$f" 2>&1) || fail "$f rejected: $out"
+done
+pass "deployments/{base,overlays/*,examples/*} accepted by the apiserver"
+for ns in ai-inference ai-training; do
+	out=$(k -n $ns run privileged --image=localhost/railnet-e2e/testpod:1 --image-pull-policy=Never --restart=Never \
+		--overrides='{"spec":{"containers":[{"name":"privileged","image":"localhost/railnet-e2e/testpod:1","imagePullPolicy":"Never","securityContext":{"privileged":true}}]}}' 2>&1) &&
+		fail "$ns accepted a privileged pod"
+	echo "$out" | grep -q 'violates PodSecurity' || fail "$ns refused a privileged pod for another reason: $out"
+done
+pass "ai-inference (restricted) and ai-training (baseline) refuse a privileged pod"
+
+can() { # can yes|no VERB RESOURCE NAMESPACE AS...
+	local want=$1 verb=$2 res=$3 ns=$4; shift 4
+	local got
+	got=$(k auth can-i "$verb" "$res" -n "$ns" "$@" 2>/dev/null || true)
+	[ "$got" = "$want" ] || fail "can-i $verb $res -n $ns $*: $got, want $want"
+}
+ds=(--as=dana --as-group=ai:data-scientists)
+ml=(--as=max --as-group=ai:ml-engineers)
+sa=(--as=system:serviceaccount:ai-training:training-job)
+can yes create jobs.batch ai-training "${ds[@]}"
+can yes get pods/log ai-training "${ds[@]}"
+can yes list network-attachment-definitions.k8s.cni.cncf.io ai-training "${ds[@]}"
+can no create network-attachment-definitions.k8s.cni.cncf.io ai-training "${ds[@]}"
+can no create pods/exec ai-training "${ds[@]}"
+can no get secrets ai-training "${ds[@]}"
+can yes list deployments.apps ai-inference "${ds[@]}"
+can no create deployments.apps ai-inference "${ds[@]}"
+can no create rolebindings.rbac.authorization.k8s.io ai-training "${ds[@]}"
+can yes create deployments.apps ai-inference "${ml[@]}"
+can yes create network-attachment-definitions.k8s.cni.cncf.io ai-training "${ml[@]}"
+can yes delete jobs.batch ai-training "${ml[@]}"
+can no get secrets ai-inference "${ml[@]}"
+can no create rolebindings.rbac.authorization.k8s.io ai-inference "${ml[@]}"
+can no patch namespaces ai-inference "${ml[@]}"
+can no create pods/exec ai-inference "${ml[@]}"
+can yes list pods ai-training "${sa[@]}"
+can yes list endpoints ai-training "${sa[@]}"
+can no create pods ai-training "${sa[@]}"
+can no get secrets ai-training "${sa[@]}"
+can no list pods ai-inference "${sa[@]}"
+for who in "${ds[*]}" "${ml[*]}" "${sa[*]}"; do
+	# shellcheck disable=SC2086
+	can no '*' '*' ai-training $who
+done
+pass "kubectl auth can-i: data scientist, ML engineer and training-job SA can what their Roles say, and no more"
+k delete -k "$repo/deployments/examples/secure-ai" --wait=false >/dev/null 2>&1 || true
+
+say "suite passed in $((SECONDS - started))s"
