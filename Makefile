@@ -52,7 +52,7 @@ deps:
 	fi
 
 # test is everything CI runs.
-test: deps lint unit fuzz-short test-kernel
+test: deps lint unit fuzz-short test-kernel e2e
 
 # test-kernel boots Debian's kernel under QEMU (twice: RDMA netns shared and
 # exclusive) and runs the kernel-tier tests (build tag kerneltest) inside it.
@@ -87,7 +87,7 @@ demo: build
 	$(BIN)/railnetctl fakesys build $(DEMO_FIXTURE) "$$dir" && \
 	echo && $(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" inventory --summary && \
 	echo && $(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" topology && \
-	echo && $(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" validate-config deployments/config-h100.yaml && \
+	echo && $(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" validate-config deployments/overlays/dgx-h100/config.yaml && \
 	mkdir -p $(OUT) && \
 	$(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" topology --format json > $(OUT)/topology.json && \
 	$(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" topology --format dot > $(OUT)/topology.dot && \

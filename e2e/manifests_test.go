@@ -10,119 +10,133 @@ import (
 	"sigs.k8s.io/yaml"
 
 	cniconfig "github.com/railnet/railnet/pkg/cni/config"
+	"github.com/railnet/railnet/pkg/fakesys"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 	"github.com/railnet/railnet/pkg/pools"
 )
 
-func TestManifests(t *testing.T) {
-	raw, err := os.ReadFile("../deployments/railnet-deviceplugin.yaml")
+// daemonSetArgs reads the args of every container (init ones too) of the
+// DaemonSets in a manifest file.
+func daemonSetArgs(t *testing.T, path string) map[string][]string {
+	t.Helper()
+	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	help, _ := exec.Command(filepath.Join(binDir, "railnet-deviceplugin"), "-h").CombinedOutput()
-	var sawDS bool
+	out := map[string][]string{}
 	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		type container struct {
+			Name string   `json:"name"`
+			Args []string `json:"args"`
+		}
 		var obj struct {
 			Kind string `json:"kind"`
 			Spec struct {
 				Template struct {
 					Spec struct {
-						Containers []struct {
-							Args []string `json:"args"`
-						} `json:"containers"`
+						InitContainers []container `json:"initContainers"`
+						Containers     []container `json:"containers"`
 					} `json:"spec"`
 				} `json:"template"`
 			} `json:"spec"`
 		}
 		if err := yaml.Unmarshal([]byte(doc), &obj); err != nil {
-			t.Fatalf("manifest: %v", err)
+			t.Fatalf("%s: %v", path, err)
 		}
 		if obj.Kind != "DaemonSet" {
 			continue
 		}
-		sawDS = true
-		for _, a := range obj.Spec.Template.Spec.Containers[0].Args {
-			name, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
-			if !strings.Contains(string(help), "-"+name+" ") && !strings.Contains(string(help), "-"+name+"\n") {
-				t.Errorf("DaemonSet passes --%s, which railnet-deviceplugin does not know", name)
+		for _, c := range append(obj.Spec.Template.Spec.InitContainers, obj.Spec.Template.Spec.Containers...) {
+			out[c.Name] = c.Args
+		}
+	}
+	return out
+}
+
+func TestManifests(t *testing.T) {
+	help, _ := exec.Command(filepath.Join(binDir, "railnet-deviceplugin"), "-h").CombinedOutput()
+	for _, f := range []string{"../deployments/base/daemonset.yaml", "../deployments/overlays/e2e/daemonset-patch.yaml"} {
+		args := daemonSetArgs(t, f)
+		if len(args["agent"]) == 0 || len(args["install-cni"]) == 0 {
+			t.Fatalf("%s: containers agent and install-cni with args, got %v", f, args)
+		}
+		for name, list := range args {
+			for _, a := range list {
+				flag, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
+				if !strings.Contains(string(help), "-"+flag+" ") && !strings.Contains(string(help), "-"+flag+"\n") {
+					t.Errorf("%s: container %s passes --%s, which railnet-deviceplugin does not know", f, name, flag)
+				}
 			}
 		}
 	}
-	if !sawDS {
-		t.Fatal("no DaemonSet in the manifest")
-	}
-	raw, err = os.ReadFile("../deployments/railnet-config.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cm struct {
-		Data map[string]string `json:"data"`
-	}
-	if err := yaml.Unmarshal(raw, &cm); err != nil {
-		t.Fatal(err)
-	}
-	cfg, err := pools.Parse([]byte(cm.Data["config.yaml"]))
-	if err != nil {
-		t.Fatalf("example config: %v", err)
-	}
-	if !cfg.RailPools || len(cfg.Pools) != 2 {
-		t.Errorf("example config = %+v", cfg)
-	}
-	// On the node it is written for, no device lands in two pools.
-	_, tree := fakesystest.Build(t, "dgx-h100-like")
-	out, err := exec.Command(filepath.Join(binDir, "railnetctl"), "validate-config", "--sysfs-root", tree.Sys, "--devfs-root", tree.Dev,
-		"../deployments/railnet-config.yaml").CombinedOutput()
-	if err == nil {
-		t.Fatalf("validate-config accepted a ConfigMap manifest as a config:\n%s", out)
-	}
-	// The plain copy in deployments/ is the ConfigMap's data, line for line.
-	plain, err := os.ReadFile("../deployments/config-h100.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var body []string
-	for _, l := range strings.Split(string(plain), "\n") {
-		if !strings.HasPrefix(l, "#") {
-			body = append(body, l)
+	// Every pool config parses; on the node it is written for, no device
+	// lands in two pools and each pool selects what it should.
+	for _, c := range []struct{ file, fixture, want string }{
+		{"../deployments/base/config.yaml", "dgx-h100-like", "railnet.io/rail7"},
+		{"../deployments/overlays/dgx-h100/config.yaml", "dgx-h100-like", "railnet.io/storage-hca rdma 64 devices (32 healthy)"},
+		{"../deployments/overlays/e2e/config.yaml", "", "railnet.io/e2e-vf sriov 4 devices (4 healthy)"},
+	} {
+		raw, err := os.ReadFile(c.file)
+		if err != nil {
+			t.Fatal(err)
 		}
-	}
-	if strings.Join(body, "\n") != cm.Data["config.yaml"] {
-		t.Errorf("deployments/config-h100.yaml differs from the ConfigMap's config.yaml")
-	}
-	cfgFile := "../deployments/config-h100.yaml"
-	out, err = exec.Command(filepath.Join(binDir, "railnetctl"), "validate-config", "--sysfs-root", tree.Sys, "--devfs-root", tree.Dev, cfgFile).CombinedOutput()
-	if err != nil || !strings.Contains(string(out), "railnet.io/rail7") || !strings.Contains(strings.Join(strings.Fields(string(out)), " "), "railnet.io/storage-hca rdma 64 devices (32 healthy)") {
-		t.Errorf("example config on dgx-h100-like: %v\n%s", err, out)
+		if _, err := pools.Parse(raw); err != nil {
+			t.Errorf("%s: %v", c.file, err)
+		}
+		var tree fakesys.Tree
+		if c.fixture != "" {
+			_, tree = fakesystest.Build(t, c.fixture)
+		} else {
+			m, err := fakesys.Load("cluster/node.json")
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tree, err = fakesys.Materialize(m, fakesystest.TempDir(t)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		out, err := exec.Command(filepath.Join(binDir, "railnetctl"), "validate-config", "--sysfs-root", tree.Sys, "--devfs-root", tree.Dev, c.file).CombinedOutput()
+		if err != nil || !strings.Contains(strings.Join(strings.Fields(string(out)), " "), c.want) {
+			t.Errorf("%s: want %q: %v\n%s", c.file, c.want, err, out)
+		}
 	}
 }
 
 func TestNADExamples(t *testing.T) {
-	raw, err := os.ReadFile("../deployments/nad-examples.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := 0
-	for _, doc := range strings.Split(string(raw), "\n---\n") {
-		var nad struct {
-			Metadata struct {
-				Annotations map[string]string `json:"annotations"`
-			} `json:"metadata"`
-			Spec struct {
-				Config string `json:"config"`
-			} `json:"spec"`
-		}
-		if err := yaml.Unmarshal([]byte(doc), &nad); err != nil {
+	for _, c := range []struct {
+		file string
+		n    int
+	}{{"../deployments/examples/nads.yaml", 9}, {"cluster/manifests/nad-e2e.yaml", 1}} {
+		raw, err := os.ReadFile(c.file)
+		if err != nil {
 			t.Fatal(err)
 		}
-		if _, err := cniconfig.Parse([]byte(nad.Spec.Config)); err != nil {
-			t.Errorf("NAD config: %v", err)
+		n := 0
+		for _, doc := range strings.Split(string(raw), "\n---\n") {
+			var nad struct {
+				Metadata struct {
+					Annotations map[string]string `json:"annotations"`
+				} `json:"metadata"`
+				Spec struct {
+					Config string `json:"config"`
+				} `json:"spec"`
+			}
+			if err := yaml.Unmarshal([]byte(doc), &nad); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := cniconfig.Parse([]byte(nad.Spec.Config)); err != nil {
+				t.Errorf("%s: NAD config: %v", c.file, err)
+			}
+			if strings.Contains(nad.Spec.Config, "sysfsRoot") || strings.Contains(nad.Spec.Config, "stateDir") {
+				t.Errorf("%s: a NAD names a host path: %s", c.file, nad.Spec.Config)
+			}
+			if !strings.HasPrefix(nad.Metadata.Annotations["k8s.v1.cni.cncf.io/resourceName"], "railnet.io/") {
+				t.Errorf("%s: NAD without a railnet resource: %v", c.file, nad.Metadata.Annotations)
+			}
+			n++
 		}
-		if !strings.HasPrefix(nad.Metadata.Annotations["k8s.v1.cni.cncf.io/resourceName"], "railnet.io/") {
-			t.Errorf("NAD without a railnet resource: %v", nad.Metadata.Annotations)
+		if n != c.n {
+			t.Errorf("%s: %d NADs, want %d", c.file, n, c.n)
 		}
-		n++
-	}
-	if n != 2 {
-		t.Errorf("%d NADs", n)
 	}
 }

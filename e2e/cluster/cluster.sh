@@ -360,7 +360,7 @@ down() {
 	pkill -9 -f "containerd-shim-runc-v2 -namespace k8s.io" 2>/dev/null || true
 	for c in kube-scheduler kube-controller-manager kube-apiserver etcd containerd; do stop "$c"; done
 	# Mounts: pods' volumes, sandboxes' netns and shm, containerd's rootfs.
-	for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E "^(/var/lib/kubelet|$E2E_DIR|$RUN_DIR|/run/netns/cni-|/var/run/netns/cni-)" | sort -r); do
+	for m in $(awk '{print $5}' /proc/self/mountinfo | grep -E "^(/var/lib/kubelet|/var/lib/cni/railnet|$E2E_DIR|$RUN_DIR|/run/netns/cni-|/var/run/netns/cni-)" | sort -r); do
 		umount -l "$m" 2>/dev/null || true
 	done
 	for n in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^(cni-|rne2e)'); do ip netns del "$n" 2>/dev/null || true; done
