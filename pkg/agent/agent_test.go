@@ -67,7 +67,7 @@ func start(t testing.TB, fixture, config string) *env {
 	metrics := deviceplugin.NewMetrics()
 	e.cdi = filepath.Join(base, "cdi")
 	e.mgr = deviceplugin.NewManager(deviceplugin.Options{KubeletDir: kdir, DevInfoDir: e.devinfo, CDI: true, CDIDir: e.cdi,
-		Metrics: metrics, RegisterBackoff: 20 * time.Millisecond, RegisterBackoffMax: 200 * time.Millisecond})
+		DevfsRoot: tree.Dev, Metrics: metrics, RegisterBackoff: 20 * time.Millisecond, RegisterBackoffMax: 200 * time.Millisecond})
 	e.agent, err = agent.New(agent.Options{ConfigPath: e.cfg, Sys: sys, Dev: dev, Manager: e.mgr, Metrics: metrics,
 		RescanInterval: time.Hour, MinInterval: 10 * time.Millisecond})
 	if err != nil {
@@ -176,7 +176,7 @@ func TestRegistersEveryPoolAndServesIt(t *testing.T) {
 		Devices []struct {
 			Name  string `json:"name"`
 			Edits struct {
-				DeviceNodes []struct{ Path string } `json:"deviceNodes"`
+				DeviceNodes []struct{ Path, HostPath string } `json:"deviceNodes"`
 			} `json:"containerEdits"`
 		} `json:"devices"`
 	}
@@ -184,6 +184,8 @@ func TestRegistersEveryPoolAndServesIt(t *testing.T) {
 	if err != nil || json.Unmarshal(b, &spec) != nil || spec.Kind != "railnet.io/rail0" || len(spec.Devices) != 8 ||
 		spec.Devices[0].Name != "0000:18:00.1" || len(spec.Devices[0].Edits.DeviceNodes) != 4 {
 		t.Errorf("CDI spec: %v %s", err, b)
+	} else if n := spec.Devices[0].Edits.DeviceNodes[0]; n.Path != "/dev/infiniband/uverbs12" || n.HostPath != filepath.Join(e.tree.Dev, "infiniband/uverbs12") {
+		t.Errorf("CDI device node %+v: want /dev/infiniband/uverbs12 from %s", n, e.tree.Dev)
 	}
 	// Shutdown removes sockets and files.
 	e.stop()
@@ -215,11 +217,16 @@ func TestAllocate(t *testing.T) {
 	if err := json.Unmarshal([]byte(c.Envs["PCIDEVICE_RAILNET_IO_RAIL0_INFO"]), &info); err != nil || info["0000:18:00.3"]["pci"].(map[string]any)["rdma-device"] != "mlx5_14" {
 		t.Errorf("_INFO = %s (%v)", c.Envs["PCIDEVICE_RAILNET_IO_RAIL0_INFO"], err)
 	}
+	// Pods see /dev/infiniband/...; the runtime opens the node's devfs
+	// root (here the mocked tree's).
 	var paths []string
 	for _, d := range c.Devices {
-		paths = append(paths, d.HostPath)
-		if d.ContainerPath != d.HostPath || d.Permissions != "rw" {
-			t.Errorf("device spec %+v", d)
+		paths = append(paths, d.ContainerPath)
+		if d.HostPath != filepath.Join(e.tree.Dev, strings.TrimPrefix(d.ContainerPath, "/dev/")) || d.Permissions != "rw" {
+			t.Errorf("device spec %+v: host path not below the devfs root %s", d, e.tree.Dev)
+		}
+		if _, err := os.Stat(d.HostPath); err != nil {
+			t.Errorf("device spec host path: %v", err)
 		}
 	}
 	// VF0 of mlx5_0 is mlx5_12: uverbs/umad/issm 12 (PF RDMA devices first, 0-11).

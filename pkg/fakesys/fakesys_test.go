@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/railnet/railnet/pkg/fakesys"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 )
@@ -166,5 +168,43 @@ func TestCPUListRoundTrip(t *testing.T) {
 		if _, err := fakesys.ParseCPUList(s); err == nil {
 			t.Errorf("ParseCPUList(%q) accepted", s)
 		}
+	}
+}
+
+// With DeviceNodes, /dev entries are character devices with the kernel's
+// numbers, so a container runtime can create them in a pod (root only).
+func TestMaterializeDeviceNodes(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mknod needs root; CI runs as root")
+	}
+	m := fakesystest.Load(t, "dgx-h100-like")
+	tree, err := fakesys.MaterializeWith(m, fakesystest.TempDir(t), fakesys.Options{DeviceNodes: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		path         string
+		major, minor uint32
+	}{
+		{"infiniband/uverbs0", 231, 192}, {"infiniband/uverbs31", 231, 223}, {"infiniband/uverbs32", 241, 0},
+		{"infiniband/umad5", 231, 5}, {"infiniband/issm5", 231, 69}, {"infiniband/rdma_cm", 10, 58},
+		{"nvidia0", 195, 0}, {"nvidia7", 195, 7}, {"nvidiactl", 195, 255},
+	} {
+		var st unix.Stat_t
+		if err := unix.Lstat(filepath.Join(tree.Dev, c.path), &st); err != nil {
+			t.Errorf("%s: %v", c.path, err)
+			continue
+		}
+		if st.Mode&unix.S_IFMT != unix.S_IFCHR || unix.Major(st.Rdev) != c.major || unix.Minor(st.Rdev) != c.minor || st.Mode&0o777 != 0o666 {
+			t.Errorf("%s: mode %o %d:%d, want a 0666 character device %d:%d", c.path, st.Mode, unix.Major(st.Rdev), unix.Minor(st.Rdev), c.major, c.minor)
+		}
+	}
+	// Without the option they stay empty regular files (no root needed).
+	plain, err := fakesys.Materialize(m, fakesystest.TempDir(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, err := os.Lstat(filepath.Join(plain.Dev, "infiniband/uverbs0")); err != nil || !st.Mode().IsRegular() {
+		t.Errorf("plain tree: %v %v", st, err)
 	}
 }
