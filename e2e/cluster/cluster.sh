@@ -71,7 +71,7 @@ stop() {
 
 packages() {
 	local need=""
-	for p in runc:runc etcd:etcd-server iptables:iptables conntrack:conntrack openssl:openssl buildah:buildah; do
+	for p in runc:runc etcd:etcd-server iptables:iptables conntrack:conntrack openssl:openssl buildah:buildah curl:curl; do
 		command -v "${p%%:*}" >/dev/null 2>&1 || need="$need ${p#*:}"
 	done
 	[ -d /usr/lib/cni ] || need="$need containernetworking-plugins"
@@ -126,23 +126,8 @@ EOF
 # images: railnet's (make image), and the two the cluster needs: pause (the
 # sandbox) and a test image with a shell and ip/ping (busybox, static).
 images() {
-	local store ctx
-	store=$(mktemp -d /tmp/railnet-e2e-buildah.XXXXXX); ctx=$(mktemp -d /tmp/railnet-e2e-ctx.XXXXXX)
-	local b="buildah --root $store/root --runroot $store/run --storage-driver vfs"
-	CGO_ENABLED=0 go build -C "$repo" -trimpath -ldflags '-s -w' -o "$ctx/pause" ./e2e/cluster/pause
-	printf 'FROM scratch\nCOPY pause /pause\nENTRYPOINT ["/pause"]\n' >"$ctx/Dockerfile.pause"
-	mkdir -p "$ctx/rootfs/bin"
-	cp /bin/busybox "$ctx/rootfs/bin/busybox"
-	for a in sh ls cat env ip ping sleep grep ps stat test wc head; do ln -s busybox "$ctx/rootfs/bin/$a"; done
-	printf 'FROM scratch\nCOPY rootfs/ /\nENV PATH=/bin\nCMD ["/bin/sleep","86400"]\n' >"$ctx/Dockerfile.testpod"
-	$b build --isolation chroot --quiet -f "$ctx/Dockerfile.pause" -t localhost/railnet-e2e/pause:1 "$ctx" >/dev/null
-	$b build --isolation chroot --quiet -f "$ctx/Dockerfile.testpod" -t localhost/railnet-e2e/testpod:1 "$ctx" >/dev/null
-	for i in pause testpod; do
-		$b push --quiet "localhost/railnet-e2e/$i:1" "oci-archive:$E2E_DIR/$i.tar:localhost/railnet-e2e/$i:1"
-		ctr images import --no-unpack=false "$E2E_DIR/$i.tar" >/dev/null
-	done
-	$b rm -a >/dev/null 2>&1 || true
-	rm -rf "$store" "$ctx"
+	bash "$here/test-images.sh" "$E2E_DIR"
+	for i in pause testpod; do ctr images import "$E2E_DIR/$i.tar" >/dev/null; done
 	ctr images import "$repo/bin/railnet-image.tar" >/dev/null
 	local name
 	name=$(ctr images ls -q | grep '^localhost/railnet/railnet:' | grep -v ':e2e$' | head -1)

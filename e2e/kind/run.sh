@@ -50,15 +50,10 @@ node sh -c 'ip link add rne2epf type bridge && ip link set rne2epf address 02:e2
 kind load image-archive "$repo/bin/railnet-image.tar" --name "$CLUSTER"
 name=$(node ctr -n k8s.io images ls -q | grep '^localhost/railnet/railnet:' | grep -v ':e2e$' | head -1)
 node ctr -n k8s.io images tag --force "$name" localhost/railnet/railnet:e2e
-ctx=$(mktemp -d); store=$(mktemp -d)
-mkdir -p "$ctx/rootfs/bin"; cp /bin/busybox "$ctx/rootfs/bin/busybox"
-for a in sh ls cat env ip ping sleep grep ps stat test wc head; do ln -s busybox "$ctx/rootfs/bin/$a"; done
-printf 'FROM scratch\nCOPY rootfs/ /\nENV PATH=/bin\nCMD ["/bin/sleep","86400"]\n' >"$ctx/Dockerfile"
-b="buildah --root $store/root --runroot $store/run --storage-driver vfs"
-$b build --isolation chroot --quiet -t localhost/railnet-e2e/testpod:1 "$ctx" >/dev/null
-$b push --quiet localhost/railnet-e2e/testpod:1 "oci-archive:$ctx/testpod.tar:localhost/railnet-e2e/testpod:1"
-kind load image-archive "$ctx/testpod.tar" --name "$CLUSTER"
-$b rm -a >/dev/null 2>&1 || true; rm -rf "$ctx" "$store"
+imgs=$(mktemp -d)
+bash "$repo/e2e/cluster/test-images.sh" "$imgs"
+kind load image-archive "$imgs/testpod.tar" --name "$CLUSTER"
+rm -rf "$imgs"
 
 kubectl label node "$NODE" railnet.io/enabled=true --overwrite
 export KUBECTL=kubectl NODE_NAME=$NODE NODE_ROOT=/var/lib/railnet-e2e/node HOST_EXEC="docker exec -i $NODE"
