@@ -50,8 +50,11 @@ all_vfs_home() { [ "$(vfs_in_host)" = 4 ]; }
 leases() { host sh -c 'ls /var/lib/cni/networks/e2e-vf 2>/dev/null' | grep -c '^10\.77\.0\.' || true; }
 records() { host sh -c 'ls /var/lib/cni/railnet/records 2>/dev/null' | grep -c json || true; }
 
-# vf_pod NAME: a pod that asks one VF of the e2e-vf pool through Multus.
-vf_pod() {
+# test_pod NAME RESOURCE [NETWORKS]: a pod that asks one device of
+# railnet.io/RESOURCE, attached to NETWORKS (NADs) through Multus.
+test_pod() {
+	local ann=""
+	[ -z "${3:-}" ] || ann="annotations: {k8s.v1.cni.cncf.io/networks: $3}"
 	k apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
@@ -59,16 +62,17 @@ metadata:
   name: $1
   namespace: $NS
   labels: {railnet-e2e: "1"}
-  annotations: {k8s.v1.cni.cncf.io/networks: e2e-vf}
+  $ann
 spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: c
     image: localhost/railnet-e2e/testpod:1
     imagePullPolicy: Never
-    resources: {limits: {railnet.io/e2e-vf: 1}}
+    resources: {limits: {railnet.io/$2: 1}}
 EOF
 }
+vf_pod() { test_pod "$1" e2e-vf e2e-vf; }
 
 net1_ip() { k exec "$1" -- ip -4 -o addr show net1 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p'; }
 pod_env() { k exec "$1" -- env; }
@@ -125,18 +129,7 @@ pass "vf-a and vf-b ping each other over net1"
 # RDMA pool: a shared HCA slot, no network; the runtime creates the device
 # nodes from railnet's device specs and CDI spec (host paths below the
 # mocked devfs, real character devices).
-k apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata: {name: hca-a, namespace: $NS, labels: {railnet-e2e: "1"}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: localhost/railnet-e2e/testpod:1
-    imagePullPolicy: Never
-    resources: {limits: {railnet.io/e2e-hca: 1}}
-EOF
+test_pod hca-a e2e-hca
 ready hca-a || fail "pod hca-a not Ready: $(k describe pod hca-a | tail -5)"
 devs=$(k exec hca-a -- ls -l /dev/infiniband)
 for d in uverbs1 umad1 issm1 rdma_cm; do
