@@ -21,11 +21,12 @@ import (
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
 
+	cniconfig "github.com/railnet/railnet/pkg/cni/config"
 	"github.com/railnet/railnet/pkg/deviceplugin/kubelettest"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 )
 
-var binDir, cniPluginDir string
+var binDir, cniPluginDir, nodeFile string
 
 // cniPlugins are the reference plugins the CNI tests delegate to (IPAM) or
 // compare with (host-device), at the version the issue names.
@@ -47,6 +48,14 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "build:", err)
 		os.Exit(1)
 	}
+	// The CNI tests give each attachment its own mocked sysfs tree and state
+	// directory in the netconf, as only a node that allows it may; the
+	// devices of those trees are advertised by no device plugin.
+	nodeFile = filepath.Join(dir, "cni.json")
+	if err := os.WriteFile(nodeFile, []byte(`{"allowNetconfPaths":true,"allowUnadvertisedDevices":true}`), 0o644); err != nil {
+		panic(err)
+	}
+	os.Setenv(cniconfig.EnvNodeFile, nodeFile)
 	cniPluginDir = filepath.Join(dir, "cni")
 	if prebuilt := os.Getenv("RAILNET_CNI_PLUGINS"); prebuilt != "" {
 		cniPluginDir = prebuilt

@@ -220,3 +220,21 @@ func quiet() func() {
 	os.Stdout = f
 	return func() { os.Stdout = old; f.Close() }
 }
+
+// TestMain lets the tests' netconfs name their own sysfs trees and state
+// directories and attach devices no device plugin advertises, as a node
+// file allows (the CNI refuses both otherwise).
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "railnet-kernel-")
+	if err != nil {
+		panic(err)
+	}
+	node := filepath.Join(dir, "cni.json")
+	if err := os.WriteFile(node, []byte(`{"allowNetconfPaths":true,"allowUnadvertisedDevices":true}`), 0o644); err != nil {
+		panic(err)
+	}
+	os.Setenv("RAILNET_CNI_CONFIG", node)
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/containernetworking/cni/pkg/version"
 	"github.com/containernetworking/plugins/pkg/ipam"
 	"github.com/containernetworking/plugins/pkg/ns"
+	"golang.org/x/sys/unix"
 
 	"github.com/railnet/railnet/pkg/cni/config"
 	"github.com/railnet/railnet/pkg/deviceinfo"
@@ -64,7 +65,8 @@ func (p *Plugin) logger(conf *config.NetConf, args *skel.CmdArgs, cmd string) (*
 	}
 	closeFn := func() {}
 	if conf != nil && conf.LogFile != "" {
-		if f, err := os.OpenFile(conf.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o600); err == nil {
+		// O_NOFOLLOW: a symlink planted at the log's path is not followed.
+		if f, err := os.OpenFile(conf.LogFile, os.O_APPEND|os.O_CREATE|os.O_WRONLY|unix.O_NOFOLLOW, 0o600); err == nil {
 			w, closeFn = f, func() { f.Close() }
 		}
 	}

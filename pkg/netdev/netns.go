@@ -64,7 +64,9 @@ func NewPinnedNetns(path string) error {
 
 // RemovePinnedNetns unmounts and removes a pinned namespace. Missing is fine.
 func RemovePinnedNetns(path string) error {
-	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil && err != unix.EINVAL && err != unix.ENOENT {
+	// UMOUNT_NOFOLLOW: a symlink planted at path must not unmount what it
+	// points to.
+	if err := unix.Unmount(path, unix.MNT_DETACH|unix.UMOUNT_NOFOLLOW); err != nil && err != unix.EINVAL && err != unix.ENOENT {
 		return fmt.Errorf("unmount %s: %w", path, err)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {

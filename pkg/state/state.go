@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -84,7 +85,10 @@ type Record struct {
 // Store is a state directory.
 type Store struct{ dir string }
 
-// Open prepares dir (0700) and returns a store.
+// Open prepares dir and returns a store. The directory and its
+// subdirectories must be real directories (not symlinks) owned by this
+// process's user (root), and are kept at 0700: whoever could write in them
+// could forge records or plant links that root then follows.
 func Open(dir string) (*Store, error) {
 	if dir == "" {
 		dir = DefaultDir
@@ -93,8 +97,42 @@ func Open(dir string) (*Store, error) {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			return nil, fmt.Errorf("state dir: %w", err)
 		}
+		if err := private(d); err != nil {
+			return nil, err
+		}
 	}
 	return &Store{dir: dir}, nil
+}
+
+// private checks d with Lstat and takes group/other access away from a
+// directory that is ours (a hostPath volume is created 0755).
+func private(d string) error {
+	var st unix.Stat_t
+	if err := unix.Lstat(d, &st); err != nil {
+		return fmt.Errorf("state dir %s: %w", d, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFDIR {
+		return fmt.Errorf("state dir %s: not a directory (a symlink?)", d)
+	}
+	if int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("state dir %s: owned by uid %d, not %d", d, st.Uid, os.Geteuid())
+	}
+	if st.Mode&0o077 != 0 {
+		if err := unix.Chmod(d, 0o700); err != nil {
+			return fmt.Errorf("state dir %s: %w", d, err)
+		}
+	}
+	return nil
+}
+
+// readNoFollow reads a regular file, refusing a symlink in its place.
+func readNoFollow(p string) ([]byte, error) {
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return io.ReadAll(f)
 }
 
 // Dir is the store's directory.
@@ -130,7 +168,7 @@ func (s *Store) Save(r *Record) error {
 
 // Load returns the record, or an error wrapping os.ErrNotExist.
 func (s *Store) Load(containerID, ifName string) (*Record, error) {
-	b, err := os.ReadFile(s.path(containerID, ifName))
+	b, err := readNoFollow(s.path(containerID, ifName))
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +200,7 @@ func (s *Store) List() ([]*Record, []error) {
 		if !strings.HasSuffix(e.Name(), ".json") || strings.HasPrefix(e.Name(), ".") {
 			continue
 		}
-		b, err := os.ReadFile(filepath.Join(s.dir, "records", e.Name()))
+		b, err := readNoFollow(filepath.Join(s.dir, "records", e.Name()))
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -194,7 +232,7 @@ type Lock struct{ f *os.File }
 // LockDevice takes the device's lock, waiting up to timeout.
 func (s *Store) LockDevice(bdf string, timeout time.Duration) (*Lock, error) {
 	p := filepath.Join(s.dir, "locks", strings.ReplaceAll(bdf, "/", "_")+".lock")
-	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE, 0o600)
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
 		return nil, err
 	}

@@ -81,3 +81,51 @@ func TestLockDevice(t *testing.T) {
 	}
 	l2.Unlock()
 }
+
+// The state directory is root's alone: a symlink in its place or a
+// directory of another user is refused, a hostPath-made 0755 one is
+// tightened, and neither records nor locks follow a planted symlink.
+func TestStateDirIsPrivate(t *testing.T) {
+	base := t.TempDir()
+	target := filepath.Join(base, "elsewhere")
+	os.MkdirAll(target, 0o700)
+	link := filepath.Join(base, "link")
+	os.Symlink(target, link)
+	if _, err := Open(link); err == nil {
+		t.Error("a symlinked state dir was accepted")
+	}
+	loose := filepath.Join(base, "loose")
+	os.MkdirAll(loose, 0o755)
+	os.Chmod(loose, 0o755)
+	s, err := Open(loose)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := os.Lstat(loose); st.Mode().Perm() != 0o700 {
+		t.Errorf("state dir mode %o, want 0700", st.Mode().Perm())
+	}
+	if os.Geteuid() == 0 {
+		other := filepath.Join(base, "other")
+		os.MkdirAll(other, 0o700)
+		os.Chown(other, 65534, 65534)
+		if _, err := Open(other); err == nil {
+			t.Error("a state dir owned by another user was accepted")
+		}
+	}
+	secret := filepath.Join(base, "secret.json")
+	os.WriteFile(secret, []byte(`{"containerID":"c","ifName":"i","bdf":"0000:18:00.1"}`), 0o600)
+	os.Symlink(secret, s.path("c", "i"))
+	if _, err := s.Load("c", "i"); err == nil {
+		t.Error("Load followed a symlinked record")
+	}
+	if recs, _ := s.List(); len(recs) != 0 {
+		t.Errorf("List followed a symlinked record: %+v", recs)
+	}
+	victim := filepath.Join(base, "victim")
+	os.WriteFile(victim, nil, 0o644)
+	os.Symlink(victim, filepath.Join(loose, "locks", "0000:18:00.1.lock"))
+	if l, err := s.LockDevice("0000:18:00.1", 10*time.Millisecond); err == nil {
+		l.Unlock()
+		t.Error("LockDevice followed a symlink")
+	}
+}

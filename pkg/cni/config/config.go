@@ -5,11 +5,13 @@
 package config
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -17,29 +19,52 @@ import (
 	"github.com/railnet/railnet/pkg/sysfs"
 )
 
-// EnvSysfsRoot overrides the sysfs root when the netconf has none.
-const EnvSysfsRoot = "RAILNET_SYSFS_ROOT"
-
 // DefaultStateDir holds the attachment records.
 const DefaultStateDir = "/var/lib/cni/railnet"
 
-// DefaultNodeFile holds the node's settings for the CNI. The DaemonSet
-// writes it; $RAILNET_NODE_CONFIG (the runtime's environment, never the
+// DefaultNodeFile holds the node's settings for the CNI; the DaemonSet
+// writes it. $RAILNET_CNI_CONFIG (the runtime's environment, never the
 // NAD's) names another file.
 const DefaultNodeFile = "/etc/railnet/cni.json"
 
-// EnvNodeFile names the node settings file.
-const EnvNodeFile = "RAILNET_NODE_CONFIG"
+// DefaultDevInfoDir is where the device plugin writes a device-info file
+// for every device it advertises.
+const DefaultDevInfoDir = "/var/run/k8s.cni.cncf.io/devinfo/dp"
 
-// Node holds the node's settings: host paths, which a NAD should not
-// choose. A netconf value still wins until NADs are refused host paths.
+// Environment variables of node settings; they override the node file.
+const (
+	EnvNodeFile  = "RAILNET_CNI_CONFIG"
+	EnvSysfsRoot = "RAILNET_SYSFS_ROOT"
+	EnvDevfsRoot = "RAILNET_DEVFS_ROOT"
+	EnvStateDir  = "RAILNET_STATE_DIR"
+	EnvLogFile   = "RAILNET_LOG_FILE"
+	EnvKeysDir   = "RAILNET_KEYS_DIR"
+	EnvAuditFile = "RAILNET_AUDIT_FILE"
+)
+
+// Node holds the node's settings. Host paths are the node's to choose: a
+// netconf comes from a NAD, which a namespace admin writes, and is
+// untrusted input to a root process.
 type Node struct {
-	SysfsRoot string `json:"sysfsRoot,omitempty"`
-	StateDir  string `json:"stateDir,omitempty"`
-	LogFile   string `json:"logFile,omitempty"`
+	SysfsRoot  string `json:"sysfsRoot,omitempty"`
+	DevfsRoot  string `json:"devfsRoot,omitempty"`
+	StateDir   string `json:"stateDir,omitempty"`
+	LogFile    string `json:"logFile,omitempty"`
+	KeysDir    string `json:"keysDir,omitempty"`
+	AuditFile  string `json:"auditFile,omitempty"`
+	DevInfoDir string `json:"devInfoDir,omitempty"` // the device plugin's device-info files: what it advertises
+
+	// AllowNetconfPaths lets a netconf set the host paths above
+	// (single-tenant clusters, tests).
+	AllowNetconfPaths bool `json:"allowNetconfPaths,omitempty"`
+	// AllowDevices may be attached although no device plugin advertises
+	// them; AllowUnadvertisedDevices: any device (tests, single-tenant).
+	AllowDevices             []string `json:"allowDevices,omitempty"`
+	AllowUnadvertisedDevices bool     `json:"allowUnadvertisedDevices,omitempty"`
 }
 
-// LoadNode reads the node settings file; a missing file is no settings.
+// LoadNode reads the node settings file (a missing file is no settings),
+// then the environment.
 func LoadNode() (Node, error) {
 	path := DefaultNodeFile
 	if p := os.Getenv(EnvNodeFile); p != "" {
@@ -47,19 +72,54 @@ func LoadNode() (Node, error) {
 	}
 	var n Node
 	b, err := os.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return n, nil
-	}
-	if err != nil {
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+	case err != nil:
 		return n, types.NewError(types.ErrIOFailure, "node settings "+path+" are not readable", err.Error())
+	default:
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&n); err != nil {
+			return n, types.NewError(types.ErrIOFailure, "node settings "+path+" are not valid", err.Error())
+		}
 	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&n); err != nil {
-		return n, types.NewError(types.ErrIOFailure, "node settings "+path+" are not valid", err.Error())
+	for _, e := range []struct {
+		env string
+		v   *string
+	}{{EnvSysfsRoot, &n.SysfsRoot}, {EnvDevfsRoot, &n.DevfsRoot}, {EnvStateDir, &n.StateDir}, {EnvLogFile, &n.LogFile},
+		{EnvKeysDir, &n.KeysDir}, {EnvAuditFile, &n.AuditFile}} {
+		if v := os.Getenv(e.env); v != "" {
+			*e.v = v
+		}
 	}
 	return n, nil
 }
+
+// applyNode refuses host paths in the netconf (unless the node allows
+// them) and fills the effective ones.
+func (c *NetConf) applyNode(n Node) error {
+	for _, f := range []struct {
+		key       string
+		nad, node *string
+	}{{"sysfsRoot", &c.SysfsRoot, &n.SysfsRoot}, {"devfsRoot", &c.DevfsRoot, &n.DevfsRoot}, {"stateDir", &c.StateDir, &n.StateDir},
+		{"logFile", &c.LogFile, &n.LogFile}, {"keysDir", &c.KeysDir, &n.KeysDir}, {"auditFile", &c.AuditFile, &n.AuditFile}} {
+		if *f.nad == "" {
+			*f.nad = *f.node
+			continue
+		}
+		if !n.AllowNetconfPaths {
+			return Error(f.key, "is a host path, a node setting (%s or the RAILNET_* environment); a network configuration may not set it", DefaultNodeFile)
+		}
+		if !filepath.IsAbs(*f.nad) {
+			return Error(f.key, "%q is not an absolute path", *f.nad)
+		}
+	}
+	c.node = n
+	return nil
+}
+
+// Node is the node's settings this configuration was parsed with.
+func (c *NetConf) Node() Node { return c.node }
 
 // NetConf is the plugin's configuration.
 type NetConf struct {
@@ -78,10 +138,15 @@ type NetConf struct {
 	MaxTxRate *int    `json:"max_tx_rate,omitempty"`
 	MTU       *int    `json:"mtu,omitempty"`
 	RDMA      string  `json:"rdma,omitempty"` // "auto" (default) | "off"
-	SysfsRoot string  `json:"sysfsRoot,omitempty"`
-	StateDir  string  `json:"stateDir,omitempty"`
-	LogFile   string  `json:"logFile,omitempty"`
 	LogLevel  string  `json:"logLevel,omitempty"`
+
+	// Host paths: node settings, refused here unless the node allows them.
+	SysfsRoot string `json:"sysfsRoot,omitempty"`
+	DevfsRoot string `json:"devfsRoot,omitempty"`
+	StateDir  string `json:"stateDir,omitempty"`
+	LogFile   string `json:"logFile,omitempty"`
+	KeysDir   string `json:"keysDir,omitempty"`
+	AuditFile string `json:"auditFile,omitempty"`
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 	Args          *Args         `json:"args,omitempty"`
@@ -127,9 +192,8 @@ func Parse(data []byte) (*NetConf, error) {
 	if err != nil {
 		return nil, err
 	}
-	c.node = node
-	if c.LogFile == "" {
-		c.LogFile = node.LogFile
+	if err := c.applyNode(node); err != nil {
+		return nil, err
 	}
 	return &c, nil
 }
@@ -263,29 +327,20 @@ func (c *NetConf) Device() (string, error) {
 // HardwareAddr is the MAC to set, if any (runtimeConfig.mac over mac).
 func (c *NetConf) HardwareAddr() net.HardwareAddr { return c.hwMAC }
 
-// Root is the sysfs root: the config's, else $RAILNET_SYSFS_ROOT, else the
-// node settings', else /sys.
+// Root is the sysfs root: the node's (or, where the node allows it, the
+// netconf's), else /sys.
 func (c *NetConf) Root() string {
 	if c.SysfsRoot != "" {
 		return c.SysfsRoot
 	}
-	if r := os.Getenv(EnvSysfsRoot); r != "" {
-		return r
-	}
-	if c.node.SysfsRoot != "" {
-		return c.node.SysfsRoot
-	}
 	return "/sys"
 }
 
-// State is the state directory: the config's, else the node settings', else
-// DefaultStateDir.
+// State is the state directory: the node's (or, where allowed, the
+// netconf's), else DefaultStateDir.
 func (c *NetConf) State() string {
 	if c.StateDir != "" {
 		return c.StateDir
-	}
-	if c.node.StateDir != "" {
-		return c.node.StateDir
 	}
 	return DefaultStateDir
 }

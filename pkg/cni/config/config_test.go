@@ -1,20 +1,34 @@
 package config
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/containernetworking/cni/pkg/types"
 )
 
-// Host paths come from the node settings file when the netconf has none.
-func TestNodeSettings(t *testing.T) {
-	dir := t.TempDir()
-	file := filepath.Join(dir, "cni.json")
+func nodeFile(t *testing.T, body string) string {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "cni.json")
+	if body != "" {
+		if err := os.WriteFile(file, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
 	t.Setenv(EnvNodeFile, file)
-	t.Setenv(EnvSysfsRoot, "")
-	nad := []byte(`{"cniVersion":"1.0.0","name":"n","type":"railnet"}`)
+	for _, e := range []string{EnvSysfsRoot, EnvDevfsRoot, EnvStateDir, EnvLogFile, EnvKeysDir, EnvAuditFile} {
+		t.Setenv(e, "")
+	}
+	return file
+}
 
+// Host paths come from the node: its file, then its environment.
+func TestNodeSettings(t *testing.T) {
+	file := nodeFile(t, "")
+	nad := []byte(`{"cniVersion":"1.0.0","name":"n","type":"railnet"}`)
 	c, err := Parse(nad) // no file: the defaults
 	if err != nil || c.Root() != "/sys" || c.State() != DefaultStateDir {
 		t.Fatalf("without node settings: %v %q %q", err, c.Root(), c.State())
@@ -24,12 +38,33 @@ func TestNodeSettings(t *testing.T) {
 	if err != nil || c.Root() != "/node/sys" || c.State() != "/node/state" || c.LogFile != "/node/log" {
 		t.Fatalf("node settings: %v %q %q %q", err, c.Root(), c.State(), c.LogFile)
 	}
-	c, err = Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"railnet","stateDir":"/nad/state"}`))
-	if err != nil || c.State() != "/nad/state" || c.Root() != "/node/sys" {
-		t.Fatalf("netconf and node settings: %v %q %q", err, c.State(), c.Root())
+	t.Setenv(EnvStateDir, "/env/state")
+	if c, err = Parse(nad); err != nil || c.State() != "/env/state" || c.Root() != "/node/sys" {
+		t.Fatalf("environment over the file: %v %q %q", err, c.State(), c.Root())
 	}
-	os.WriteFile(file, []byte(`{"sysfsRoot":"/node/sys","keysDir":"/x"}`), 0o644)
+	os.WriteFile(file, []byte(`{"sysfsRoot":"/node/sys","sysfs":"/x"}`), 0o644)
 	if _, err := Parse(nad); err == nil || !strings.Contains(err.Error(), file) {
 		t.Fatalf("an unknown node setting: %v", err)
+	}
+}
+
+// A netconf that names a host path is refused (code 7, naming the key),
+// unless the node allows netconf paths.
+func TestNetconfHostPathsRefused(t *testing.T) {
+	file := nodeFile(t, `{"sysfsRoot":"/node/sys"}`)
+	for _, key := range []string{"sysfsRoot", "devfsRoot", "stateDir", "logFile", "keysDir", "auditFile"} {
+		_, err := Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"railnet","` + key + `":"/tmp/pod-emptydir/x"}`))
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.HasPrefix(te.Msg, key+":") {
+			t.Errorf("%s in a netconf: %v", key, err)
+		}
+	}
+	os.WriteFile(file, []byte(`{"sysfsRoot":"/node/sys","allowNetconfPaths":true}`), 0o644)
+	c, err := Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"railnet","sysfsRoot":"/test/sys"}`))
+	if err != nil || c.Root() != "/test/sys" {
+		t.Errorf("allowed netconf path: %v %q", err, c.Root())
+	}
+	if _, err := Parse([]byte(`{"cniVersion":"1.0.0","name":"n","type":"railnet","logFile":"rel/log"}`)); err == nil {
+		t.Error("a relative logFile was accepted")
 	}
 }
