@@ -60,13 +60,22 @@ func TestManifests(t *testing.T) {
 		if len(args["agent"]) == 0 || len(args["install-cni"]) == 0 {
 			t.Fatalf("%s: containers agent and install-cni with args, got %v", f, args)
 		}
+		metrics := ""
 		for name, list := range args {
 			for _, a := range list {
+				if v, ok := strings.CutPrefix(a, "--metrics-addr="); ok {
+					metrics = v
+				}
 				flag, _, _ := strings.Cut(strings.TrimPrefix(a, "--"), "=")
 				if !strings.Contains(string(help), "-"+flag+" ") && !strings.Contains(string(help), "-"+flag+"\n") {
 					t.Errorf("%s: container %s passes --%s, which railnet-deviceplugin does not know", f, name, flag)
 				}
 			}
+		}
+		// With hostNetwork, metrics on ":9110" would face every host
+		// interface, rail networks included.
+		if !strings.HasPrefix(metrics, "127.0.0.1:") {
+			t.Errorf("%s: --metrics-addr=%q, want the node's loopback", f, metrics)
 		}
 	}
 	// Every pool config parses; on the node it is written for, no device

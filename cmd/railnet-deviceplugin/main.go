@@ -22,6 +22,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/railnet/railnet/pkg/agent"
+	cniconfig "github.com/railnet/railnet/pkg/cni/config"
 	"github.com/railnet/railnet/pkg/deviceinfo"
 	"github.com/railnet/railnet/pkg/deviceplugin"
 	"github.com/railnet/railnet/pkg/sysfs"
@@ -133,7 +134,8 @@ func install(f *flags, log *slog.Logger) error {
 		log.Info("installed CNI binary", "dir", f.installCNIDir)
 	}
 	if f.cniNodeConfig != "" {
-		if err := agent.WriteCNINodeConfig(f.cniNodeConfig, f.sys, f.cniStateDir); err != nil {
+		if err := agent.WriteCNINodeConfig(f.cniNodeConfig, cniconfig.Node{SysfsRoot: f.sys, DevfsRoot: f.dev,
+			StateDir: f.cniStateDir, DevInfoDir: f.devinfoDir}); err != nil {
 			return err
 		}
 		log.Info("wrote the CNI's node settings", "file", f.cniNodeConfig)

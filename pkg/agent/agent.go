@@ -279,10 +279,10 @@ func InstallCNI(src, dir string) error {
 	return os.Rename(tmp.Name(), filepath.Join(dir, filepath.Base(src)))
 }
 
-// WriteCNINodeConfig writes the CNI's node settings (config.Node): host
-// paths are the node's to choose, not a NAD's. Written atomically, 0644.
-func WriteCNINodeConfig(path, sysfsRoot, stateDir string) error {
-	b, err := json.Marshal(cniconfig.Node{SysfsRoot: sysfsRoot, StateDir: stateDir})
+// WriteCNINodeConfig writes the CNI's node settings: host paths are the
+// node's to choose, not a NAD's. Written atomically, 0644.
+func WriteCNINodeConfig(path string, node cniconfig.Node) error {
+	b, err := json.Marshal(node)
 	if err != nil {
 		return err
 	}

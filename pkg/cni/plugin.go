@@ -143,7 +143,7 @@ func openPod(path string) (*netdev.Namespace, error) {
 	case errors.Is(err, os.ErrNotExist):
 		return nil, typed(types.ErrUnknownContainer, "netns "+path+" does not exist", err)
 	case errors.Is(err, netdev.ErrNotNetns):
-		return nil, typed(types.ErrInvalidEnvironmentVariables, "CNI_NETNS "+path+" is not a network namespace", err)
+		return nil, typed(types.ErrInvalidNetNS, "CNI_NETNS "+path+" is not a network namespace", err)
 	}
 	return nil, typed(types.ErrInvalidEnvironmentVariables, "cannot open netns "+path, err)
 }
@@ -173,6 +173,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	dev, err := resolveDevice(sys, deviceID)
 	if err != nil {
 		return config.Error("deviceID", "%v", err)
+	}
+	if err := offered(conf.Node(), deviceID, dev); err != nil {
+		return err
 	}
 	if conf.MTU != nil && dev.IsVF && dev.PFMTU > 0 && *conf.MTU > dev.PFMTU {
 		return config.Error("mtu", "%d is above the MTU %d of PF %s", *conf.MTU, dev.PFMTU, dev.PF)
@@ -733,6 +736,10 @@ func (p *Plugin) Status(args *skel.CmdArgs) error {
 		return typed(types.ErrPluginNotAvailable, "state directory "+conf.State()+" is not writable", err)
 	}
 	if conf.IPAM.Type != "" {
+		// Without its IPAM plugin no ADD can be served: 50, not 51.
+		if _, err := invoke.FindInPath(conf.IPAM.Type, filepath.SplitList(os.Getenv("CNI_PATH"))); err != nil {
+			return typed(types.ErrPluginNotAvailable, "IPAM plugin "+conf.IPAM.Type+" is not in CNI_PATH", err)
+		}
 		if _, err := delegate(args, "STATUS", conf.IPAM.Type); err != nil {
 			if te, ok := config.IsTypeError(err); ok {
 				return te

@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -263,11 +264,15 @@ func (c *NetConf) Validate() error {
 			return Error("link_state", "%q: want auto, enable or disable", *c.LinkState)
 		}
 	}
-	if c.MinTxRate != nil && *c.MinTxRate < 0 {
-		return Error("min_tx_rate", "%d is negative", *c.MinTxRate)
-	}
-	if c.MaxTxRate != nil && *c.MaxTxRate < 0 {
-		return Error("max_tx_rate", "%d is negative", *c.MaxTxRate)
+	// Netlink carries rates as 32-bit Mbps: a larger value would wrap, and
+	// 2^32 wraps to 0, which means "unlimited".
+	for _, r := range []struct {
+		field string
+		v     *int
+	}{{"min_tx_rate", c.MinTxRate}, {"max_tx_rate", c.MaxTxRate}} {
+		if r.v != nil && (*r.v < 0 || *r.v > math.MaxUint32) {
+			return Error(r.field, "%d Mbps is outside 0-%d", *r.v, uint32(math.MaxUint32))
+		}
 	}
 	if c.MinTxRate != nil && c.MaxTxRate != nil && *c.MaxTxRate > 0 && *c.MinTxRate > *c.MaxTxRate {
 		return Error("min_tx_rate", "%d Mbps is above max_tx_rate %d", *c.MinTxRate, *c.MaxTxRate)

@@ -1,0 +1,88 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	cniconfig "github.com/railnet/railnet/pkg/cni/config"
+)
+
+// useNode points the plugins this test runs at a node settings file.
+func useNode(t *testing.T, node map[string]any) {
+	t.Helper()
+	b, _ := json.Marshal(node)
+	f := filepath.Join(t.TempDir(), "cni.json")
+	if err := os.WriteFile(f, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv(cniconfig.EnvNodeFile, f)
+}
+
+// Only devices the node offers may be attached: what a device plugin
+// advertises (a root-owned device-info file), or what the node lists; a
+// netdev that carries the host's traffic only when listed.
+func TestCNIOnlyOfferedDevices(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	pod := e.netns(t)
+	devinfo := t.TempDir()
+	useNode(t, map[string]any{"allowNetconfPaths": true, "devInfoDir": devinfo})
+	conf := func(dev string) []byte {
+		b, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "rn" + e.tag, "type": "railnet", "sysfsRoot": e.sys,
+			"stateDir": e.state, "deviceID": dev})
+		return b
+	}
+	before := hostView(t, e)
+	msg, code, stderr := runPlugin(t, "ADD", "o1", pod, "net1", conf(vfBDF(0)))
+	if code != 7 || !strings.Contains(msg, "deviceID: "+vfBDF(0)+" is not a device this node offers") {
+		t.Fatalf("ADD of an unadvertised VF: code %d %q (%s)", code, msg, stderr)
+	}
+	if after := hostView(t, e); after != before {
+		t.Errorf("a refused ADD changed the host:\n%s\n%s", before, after)
+	}
+	// A file of another name, or not a regular file, advertises nothing.
+	os.Symlink("/etc/hostname", filepath.Join(devinfo, "railnet.io-x-"+vfBDF(0)+"-device.json"))
+	if _, code, _ := runPlugin(t, "ADD", "o1", pod, "net1", conf(vfBDF(0))); code != 7 {
+		t.Errorf("a symlinked device-info file advertised the VF (code %d)", code)
+	}
+	os.Remove(filepath.Join(devinfo, "railnet.io-x-"+vfBDF(0)+"-device.json"))
+	os.WriteFile(filepath.Join(devinfo, "railnet.io-x-"+vfBDF(0)+"-device.json"), []byte(`{}`), 0o444)
+	if msg, code, stderr := runPlugin(t, "ADD", "o1", pod, "net1", conf(vfBDF(0))); code != 0 {
+		t.Fatalf("ADD of an advertised VF: code %d %q (%s)", code, msg, stderr)
+	}
+	if msg, code, _ := runPlugin(t, "DEL", "o1", pod, "net1", conf(vfBDF(0))); code != 0 {
+		t.Fatalf("DEL: %d %s", code, msg)
+	}
+
+	// The PF's netdev carries a host address: refused even where any
+	// device may be attached, accepted once the node lists it.
+	pf := "rn" + e.tag + "pf"
+	if out, err := exec.Command("ip", "addr", "add", "198.18.201.1/24", "dev", pf).CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	useNode(t, map[string]any{"allowNetconfPaths": true, "allowUnadvertisedDevices": true})
+	msg, code, _ = runPlugin(t, "ADD", "o2", pod, "net1", conf(e.pfBDF))
+	if code != 7 || !strings.Contains(msg, "carries the host's traffic (address 198.18.201.1/24)") {
+		t.Fatalf("ADD of the host's PF: code %d %q", code, msg)
+	}
+	useNode(t, map[string]any{"allowNetconfPaths": true, "allowDevices": []string{e.pfBDF}})
+	if msg, code, stderr := runPlugin(t, "ADD", "o2", pod, "net1", conf(e.pfBDF)); code != 0 {
+		t.Fatalf("ADD of a listed PF: code %d %q (%s)", code, msg, stderr)
+	}
+	if msg, code, _ := runPlugin(t, "DEL", "o2", pod, "net1", conf(e.pfBDF)); code != 0 {
+		t.Fatalf("DEL: %d %s", code, msg)
+	}
+}
+
+// STATUS without its IPAM plugin cannot serve an ADD: code 50.
+func TestCNIStatusWithoutIPAM(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "rn" + e.tag, "type": "railnet", "sysfsRoot": e.sys,
+		"stateDir": e.state, "ipam": map[string]any{"type": "no-such-ipam"}})
+	if msg, code, _ := runPlugin(t, "STATUS", "", "", "", conf); code != 50 || !strings.Contains(msg, "no-such-ipam") {
+		t.Errorf("STATUS: code %d %q, want 50", code, msg)
+	}
+}
