@@ -86,3 +86,49 @@ func TestCNIStatusWithoutIPAM(t *testing.T) {
 		t.Errorf("STATUS: code %d %q, want 50", code, msg)
 	}
 }
+
+// runtimeConfig.CNIDeviceInfoFile is confined to the node's device-info
+// root: ADD refuses (before touching anything) a path outside it or through
+// a symlink, and DEL never deletes such a file.
+func TestCNIDeviceInfoFileConfined(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	pod := e.netns(t)
+	victim := filepath.Join(t.TempDir(), "victim")
+	os.WriteFile(victim, []byte("precious"), 0o600)
+	link := filepath.Join(devInfoRoot, "link-"+e.tag)
+	os.MkdirAll(devInfoRoot, 0o755)
+	os.Symlink(filepath.Dir(victim), link)
+	t.Cleanup(func() { os.Remove(link) })
+	conf := func(file string) []byte {
+		b, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "rn" + e.tag, "type": "railnet", "sysfsRoot": e.sys,
+			"stateDir": e.state, "deviceID": vfBDF(0), "runtimeConfig": map[string]any{"CNIDeviceInfoFile": file}})
+		return b
+	}
+	for _, file := range []string{victim, devInfoRoot + "/../" + filepath.Base(victim), filepath.Join(link, "victim"), "relative/file"} {
+		before := hostView(t, e)
+		msg, code, _ := runPlugin(t, "ADD", "d1", pod, "net1", conf(file))
+		if code != 7 || !strings.Contains(msg, "runtimeConfig.CNIDeviceInfoFile") {
+			t.Errorf("ADD with CNIDeviceInfoFile %s: code %d %q", file, code, msg)
+		}
+		if after := hostView(t, e); after != before {
+			t.Errorf("a refused ADD changed the host")
+		}
+		runPlugin(t, "DEL", "d1", pod, "net1", conf(file))
+		if b, err := os.ReadFile(victim); err != nil || string(b) != "precious" {
+			t.Fatalf("%s: the file outside the root was touched: %q %v", file, b, err)
+		}
+	}
+	good := filepath.Join(devInfoRoot, "cni", e.tag+"-d1")
+	if msg, code, _ := runPlugin(t, "ADD", "d1", pod, "net1", conf(good)); code != 0 {
+		t.Fatalf("ADD with a file below the root: %d %s", code, msg)
+	}
+	if _, err := os.Stat(good); err != nil {
+		t.Errorf("device-info file: %v", err)
+	}
+	if msg, code, _ := runPlugin(t, "DEL", "d1", pod, "net1", conf(good)); code != 0 {
+		t.Fatalf("DEL: %d %s", code, msg)
+	}
+	if _, err := os.Stat(good); !os.IsNotExist(err) {
+		t.Errorf("DEL left the device-info file: %v", err)
+	}
+}

@@ -253,7 +253,7 @@ func TestCNIAddDelRestoresHostLink(t *testing.T) {
 	list := e.conflist(t, "1.1.0", map[string]any{"mtu": 1300})
 	ns := e.netns(t)
 	ctx := context.Background()
-	devinfo := filepath.Join(t.TempDir(), "devinfo.json")
+	devinfo := filepath.Join(devInfoRoot, "cni", e.tag+"-net1-devinfo.json")
 	rc := rt("c1", ns, "net1", vfBDF(0))
 	rc.CapabilityArgs["CNIDeviceInfoFile"] = devinfo
 	if _, err := e.cni.AddNetworkList(ctx, list, rc); err != nil {

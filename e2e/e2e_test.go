@@ -6,6 +6,7 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -26,7 +27,7 @@ import (
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 )
 
-var binDir, cniPluginDir, nodeFile string
+var binDir, cniPluginDir, nodeFile, devInfoRoot string
 
 // cniPlugins are the reference plugins the CNI tests delegate to (IPAM) or
 // compare with (host-device), at the version the issue names.
@@ -52,7 +53,9 @@ func TestMain(m *testing.M) {
 	// directory in the netconf, as only a node that allows it may; the
 	// devices of those trees are advertised by no device plugin.
 	nodeFile = filepath.Join(dir, "cni.json")
-	if err := os.WriteFile(nodeFile, []byte(`{"allowNetconfPaths":true,"allowUnadvertisedDevices":true}`), 0o644); err != nil {
+	devInfoRoot = filepath.Join(dir, "devinfo")
+	node, _ := json.Marshal(map[string]any{"allowNetconfPaths": true, "allowUnadvertisedDevices": true, "deviceInfoRoot": devInfoRoot})
+	if err := os.WriteFile(nodeFile, node, 0o644); err != nil {
 		panic(err)
 	}
 	os.Setenv(cniconfig.EnvNodeFile, nodeFile)

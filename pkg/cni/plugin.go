@@ -177,6 +177,9 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 	if err := offered(conf.Node(), deviceID, dev); err != nil {
 		return err
 	}
+	if _, err := conf.DeviceInfoFile(); err != nil {
+		return err // refused before anything is touched
+	}
 	if conf.MTU != nil && dev.IsVF && dev.PFMTU > 0 && *conf.MTU > dev.PFMTU {
 		return config.Error("mtu", "%d is above the MTU %d of PF %s", *conf.MTU, dev.PFMTU, dev.PF)
 	}
@@ -344,7 +347,12 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 			}
 		}
 	}
-	if f := conf.RuntimeConfig.CNIDeviceInfoFile; f != "" {
+	if f, err := conf.DeviceInfoFile(); err != nil {
+		return err
+	} else if f != "" {
+		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
+			return typed(types.ErrIOFailure, "write runtimeConfig.CNIDeviceInfoFile", err)
+		}
 		pfAddr := ""
 		if dev.IsVF {
 			pfAddr = dev.PFBDF
@@ -501,8 +509,7 @@ func (p *Plugin) teardown(log *slog.Logger, store *state.Store, host *netdev.Nam
 			errs = append(errs, fmt.Errorf("restore VF %d on %s: %w", rec.VFIndex, rec.PF, err))
 		}
 	}
-	var conf config.NetConf
-	if err := json.Unmarshal(rec.Config, &conf); err == nil {
+	if conf, err := config.Recorded(rec.Config); err == nil {
 		if conf.IPAM.Type != "" && rec.Phase == state.PhaseIPAM {
 			// ADD died while its IPAM plugin ran; that plugin may still
 			// be allocating. Releasing before it finishes would leak the
@@ -516,7 +523,9 @@ func (p *Plugin) teardown(log *slog.Logger, store *state.Store, host *netdev.Nam
 				errs = append(errs, fmt.Errorf("IPAM DEL: %w", err))
 			}
 		}
-		if f := conf.RuntimeConfig.CNIDeviceInfoFile; f != "" {
+		if f, err := conf.DeviceInfoFile(); err != nil {
+			log.Warn("not removing runtimeConfig.CNIDeviceInfoFile", "err", err)
+		} else if f != "" {
 			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
 				errs = append(errs, err)
 			}

@@ -32,6 +32,10 @@ const DefaultNodeFile = "/etc/railnet/cni.json"
 // for every device it advertises.
 const DefaultDevInfoDir = "/var/run/k8s.cni.cncf.io/devinfo/dp"
 
+// DefaultDeviceInfoRoot confines runtimeConfig.CNIDeviceInfoFile: Multus
+// asks for files below it.
+const DefaultDeviceInfoRoot = "/var/run/k8s.cni.cncf.io/devinfo"
+
 // Environment variables of node settings; they override the node file.
 const (
 	EnvNodeFile  = "RAILNET_CNI_CONFIG"
@@ -54,6 +58,9 @@ type Node struct {
 	KeysDir    string `json:"keysDir,omitempty"`
 	AuditFile  string `json:"auditFile,omitempty"`
 	DevInfoDir string `json:"devInfoDir,omitempty"` // the device plugin's device-info files: what it advertises
+	// DeviceInfoRoot confines runtimeConfig.CNIDeviceInfoFile (default
+	// DefaultDeviceInfoRoot).
+	DeviceInfoRoot string `json:"deviceInfoRoot,omitempty"`
 
 	// AllowNetconfPaths lets a netconf set the host paths above
 	// (single-tenant clusters, tests).
@@ -117,6 +124,64 @@ func (c *NetConf) applyNode(n Node) error {
 	}
 	c.node = n
 	return nil
+}
+
+// DeviceInfoFile is runtimeConfig.CNIDeviceInfoFile ("" when not asked
+// for) once it is known to lie below the node's device-info root: a clean
+// absolute path whose existing components below the root are directories,
+// not symlinks. Otherwise ADD would replace, and DEL delete, any file a NAD
+// or a pod annotation names.
+func (c *NetConf) DeviceInfoFile() (string, error) {
+	p := c.RuntimeConfig.CNIDeviceInfoFile
+	if p == "" {
+		return "", nil
+	}
+	root := c.node.DeviceInfoRoot
+	if root == "" {
+		root = DefaultDeviceInfoRoot
+	}
+	root = filepath.Clean(root)
+	clean := filepath.Clean(p)
+	rel, err := filepath.Rel(root, clean)
+	if !filepath.IsAbs(p) || err != nil || rel == "." || rel == ".." || strings.HasPrefix(rel, "../") {
+		return "", Error("runtimeConfig.CNIDeviceInfoFile", "%q is not below %s", p, root)
+	}
+	cur := root
+	parts := strings.Split(rel, "/")
+	for i, part := range parts {
+		cur = filepath.Join(cur, part)
+		st, err := os.Lstat(cur)
+		if errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if err != nil {
+			return "", Error("runtimeConfig.CNIDeviceInfoFile", "%s: %v", cur, err)
+		}
+		last := i == len(parts)-1
+		if st.Mode()&os.ModeSymlink != 0 || (!last && !st.IsDir()) || (last && !st.Mode().IsRegular()) {
+			return "", Error("runtimeConfig.CNIDeviceInfoFile", "%s is not a plain file below %s (a symlink?)", cur, root)
+		}
+	}
+	return clean, nil
+}
+
+// Recorded decodes a configuration an ADD accepted (an attachment record,
+// in the root-only state directory) with today's node settings, without
+// validating it again: DEL and GC must undo what was done.
+func Recorded(b []byte) (*NetConf, error) {
+	var c NetConf
+	if err := json.Unmarshal(b, &c); err != nil {
+		return nil, err
+	}
+	n, err := LoadNode()
+	if err != nil {
+		return nil, err
+	}
+	n.AllowNetconfPaths = true // accepted when the record was written
+	if err := c.applyNode(n); err != nil {
+		return nil, err
+	}
+	return &c, nil
 }
 
 // Node is the node's settings this configuration was parsed with.
