@@ -73,6 +73,10 @@ fuzz-short:
 	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParseBDF$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/sysfs
 	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/fakesys
 	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzExpandPattern$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/fakesys
+	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/cni/config
+	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzPrevResult$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/cni
+	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzPodIdentity$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/cni
+	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/pools
 
 bench: build cni-plugins
 	TMPDIR=$(TESTTMP) RAILNET_CNI_PLUGINS=$(CURDIR)/$(BIN)/cni $(GO) test -run='^$$' -bench=. -benchmem -count=1 ./...

@@ -121,6 +121,41 @@ func typed(code uint, msg string, err error) *types.Error {
 	return types.NewError(code, msg, details)
 }
 
+// prevResult decodes CHECK's prevResult and refuses what would make it
+// dereference nothing: null interfaces, IPs or routes, an IP's interface
+// index outside the list.
+func prevResult(conf *config.NetConf) (*current.Result, error) {
+	if conf.RawPrevResult == nil {
+		return nil, types.NewError(types.ErrInvalidNetworkConfig, "prevResult: missing", "")
+	}
+	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
+		return nil, typed(types.ErrDecodingFailure, "prevResult", err)
+	}
+	prev, err := current.NewResultFromResult(conf.PrevResult)
+	if err != nil {
+		return nil, typed(types.ErrDecodingFailure, "prevResult", err)
+	}
+	for i, ifc := range prev.Interfaces {
+		if ifc == nil {
+			return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: interfaces[%d] is null", i), "")
+		}
+	}
+	for i, ip := range prev.IPs {
+		if ip == nil {
+			return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: ips[%d] is null", i), "")
+		}
+		if ip.Interface != nil && (*ip.Interface < 0 || *ip.Interface >= len(prev.Interfaces)) {
+			return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: ips[%d].interface %d is not an interface", i, *ip.Interface), "")
+		}
+	}
+	for i, r := range prev.Routes {
+		if r == nil {
+			return nil, types.NewError(types.ErrDecodingFailure, fmt.Sprintf("prevResult: routes[%d] is null", i), "")
+		}
+	}
+	return prev, nil
+}
+
 // asCNI keeps a *types.Error, and wraps anything else with code.
 func asCNI(err error, code uint, msg string) error {
 	if err == nil {
@@ -603,15 +638,9 @@ func (p *Plugin) Check(args *skel.CmdArgs) error {
 	}
 	log, done := p.logger(conf, args, "CHECK")
 	defer done()
-	if conf.RawPrevResult == nil {
-		return types.NewError(types.ErrInvalidNetworkConfig, "prevResult: missing", "")
-	}
-	if err := version.ParsePrevResult(&conf.NetConf); err != nil {
-		return typed(types.ErrDecodingFailure, "prevResult", err)
-	}
-	prev, err := current.NewResultFromResult(conf.PrevResult)
+	prev, err := prevResult(conf)
 	if err != nil {
-		return typed(types.ErrDecodingFailure, "prevResult", err)
+		return err
 	}
 	store, err := state.Open(conf.State())
 	if err != nil {
