@@ -132,3 +132,39 @@ func TestCNIDeviceInfoFileConfined(t *testing.T) {
 		t.Errorf("DEL left the device-info file: %v", err)
 	}
 }
+
+// DEL finds the device by what it is, not by what the pod calls it: a pod
+// with CAP_NET_ADMIN renames the VF and makes a veth "net1" carrying the
+// VF's alias; DEL brings the real VF home and leaves the impostor.
+func TestCNIDelFindsTheDeviceByHardware(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	list := e.conflist(t, "1.1.0", nil)
+	ns := e.netns(t)
+	ctx := t.Context()
+	rc := rt("imp", ns, "net1", vfBDF(0))
+	before, _ := hostLink(t, e.vfName(0))
+	if _, err := e.cni.AddNetworkList(ctx, list, rc); err != nil {
+		t.Fatal(err)
+	}
+	in := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", append([]string{"-n", filepath.Base(ns)}, args...)...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %v: %v %s", args, err, out)
+		}
+	}
+	in("link", "set", "net1", "down")
+	in("link", "set", "net1", "name", "hidden0")
+	in("link", "add", "net1", "type", "veth", "peer", "name", "net1p")
+	in("link", "set", "net1", "alias", e.vfName(0))
+	if err := e.cni.DelNetworkList(ctx, list, rc); err != nil {
+		t.Fatalf("DEL: %v", err)
+	}
+	out, err := exec.Command("ip", "-o", "link", "show", e.vfName(0)).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), e.vfName(0)+"@"+e.vfName(1)) || !strings.Contains(string(out), before.MAC) {
+		t.Errorf("the real VF (peer of %s) is not home as it was: %v %s", e.vfName(1), err, out)
+	}
+	podLinks, _ := exec.Command("ip", "-n", filepath.Base(ns), "-o", "link").CombinedOutput()
+	if !strings.Contains(string(podLinks), "net1@net1p") || strings.Contains(string(podLinks), "hidden0") {
+		t.Errorf("in the pod after DEL:\n%s", podLinks)
+	}
+}

@@ -279,6 +279,7 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("device %s: netdev %s is not in the host network namespace", dev.BDF, dev.Netdev), err.Error())
 		}
 		rec.HostName, rec.HostMAC, rec.HostMTU, rec.HostAlias, rec.HostUp = hs.Name, hs.MAC, hs.MTU, hs.Alias, hs.Up
+		rec.HostParent, rec.HostIndex = hs.Parent, hs.Index
 	}
 	// The record exists before anything is touched: a crash from here on
 	// leaves what DEL or GC needs to put everything back.
@@ -332,13 +333,16 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		}); err != nil {
 			return typed(types.ErrInternal, fmt.Sprintf("move %s into the pod as %s", dev.Netdev, args.IfName), err)
 		}
-		rec.TempNetns = ""
-		if err := store.Save(rec); err != nil {
-			return typed(types.ErrIOFailure, "write the attachment record", err)
-		}
 		l, err := pod.Handle.LinkByName(args.IfName)
 		if err != nil {
 			return typed(types.ErrInternal, "find "+args.IfName+" in the pod", err)
+		}
+		rec.TempNetns = ""
+		if rec.HostParent == "" {
+			rec.HostIndex = l.Attrs().Index // a move keeps the ifindex unless it is taken
+		}
+		if err := store.Save(rec); err != nil {
+			return typed(types.ErrIOFailure, "write the attachment record", err)
 		}
 		iface.Mac, iface.Mtu, iface.Sandbox = l.Attrs().HardwareAddr.String(), l.Attrs().MTU, args.Netns
 	}
@@ -529,7 +533,7 @@ func (p *Plugin) teardown(log *slog.Logger, store *state.Store, host *netdev.Nam
 	if rec.HostName != "" && rec.Phase != state.PhaseReserved && rec.Phase != state.PhaseVFConfig {
 		err := p.withStaging(store, func(temp *netdev.Namespace) error {
 			return netdev.MoveOut(host, temp, pod, netdev.HostState{Name: rec.HostName, MAC: rec.HostMAC, MTU: rec.HostMTU,
-				Alias: rec.HostAlias, Up: rec.HostUp}, rec.IfName)
+				Alias: rec.HostAlias, Up: rec.HostUp, Parent: rec.HostParent, Index: rec.HostIndex}, rec.IfName)
 		})
 		switch {
 		case errors.Is(err, netdev.ErrNotFound) && pod == nil:

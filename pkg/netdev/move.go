@@ -8,13 +8,41 @@ import (
 	"github.com/vishvananda/netlink"
 )
 
-// HostState is what a netdev looked like in the host before a move.
+// HostState is what a netdev looked like in the host before a move, and
+// how to know it again: by its hardware (the PCI function the netdev
+// belongs to, IFLA_PARENT_DEV_NAME), or, for a virtual link that has none,
+// by its ifindex. A pod may rename its interfaces and set any alias, so
+// neither names it.
 type HostState struct {
-	Name  string
-	MAC   string
-	MTU   int
-	Alias string
-	Up    bool
+	Name   string
+	MAC    string
+	MTU    int
+	Alias  string
+	Up     bool
+	Parent string // IFLA_PARENT_DEV_NAME: "0000:18:00.2" for a PCI function's netdev
+	Index  int    // ifindex, for links without a parent device
+}
+
+// Is reports whether l is the link this state describes. A state recorded
+// without identity (an older record) matches any link.
+func (o HostState) Is(l netlink.Link) bool {
+	a := l.Attrs()
+	switch {
+	case o.Parent != "":
+		return a.ParentDev == o.Parent
+	case o.Index != 0:
+		return a.Index == o.Index
+	}
+	return true
+}
+
+func (o HostState) identified() bool { return o.Parent != "" || o.Index != 0 }
+
+func (o HostState) identity() string {
+	if o.Parent != "" {
+		return o.Parent
+	}
+	return fmt.Sprintf("ifindex %d", o.Index)
 }
 
 // Snapshot reads a host link's state.
@@ -24,7 +52,12 @@ func Snapshot(host *Namespace, name string) (HostState, error) {
 		return HostState{}, fmt.Errorf("netdev %s: %w", name, err)
 	}
 	a := l.Attrs()
-	return HostState{Name: a.Name, MAC: a.HardwareAddr.String(), MTU: a.MTU, Alias: a.Alias, Up: a.Flags&net.FlagUp != 0}, nil
+	hs := HostState{Name: a.Name, MAC: a.HardwareAddr.String(), MTU: a.MTU, Alias: a.Alias, Up: a.Flags&net.FlagUp != 0,
+		Parent: a.ParentDev}
+	if hs.Parent == "" {
+		hs.Index = a.Index
+	}
+	return hs, nil
 }
 
 // MoveIn moves host link hostName into pod as ifName: it stores the host
@@ -89,28 +122,30 @@ func MoveIn(host, temp, pod *Namespace, hostName, ifName string, mac net.Hardwar
 // ErrNotFound: the link is in none of the namespaces searched.
 var ErrNotFound = errors.New("netdev not found")
 
-// findByAlias finds the link carrying alias (or named name) in ns.
-func findLink(n *Namespace, names []string, alias string) (netlink.Link, error) {
+// findLink finds the link orig describes in n: by its hardware identity
+// when the state has one (whatever its name and alias now), else under one
+// of names with the alias, or anywhere with the alias.
+func findLink(n *Namespace, names []string, orig HostState) (netlink.Link, error) {
 	if n == nil {
 		return nil, ErrNotFound
 	}
+	alias := orig.Name
 	for _, name := range names {
 		if name == "" {
 			continue
 		}
-		if l, err := n.Handle.LinkByName(name); err == nil && (alias == "" || l.Attrs().Alias == alias || l.Attrs().Name == alias) {
+		if l, err := n.Handle.LinkByName(name); err == nil && orig.Is(l) &&
+			(orig.identified() || l.Attrs().Alias == alias || l.Attrs().Name == alias) {
 			return l, nil
 		}
 	}
-	if alias != "" {
-		links, err := n.Handle.LinkList()
-		if err != nil {
-			return nil, err
-		}
-		for _, l := range links {
-			if l.Attrs().Alias == alias {
-				return l, nil
-			}
+	links, err := n.Handle.LinkList()
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range links {
+		if orig.identified() && orig.Is(l) || !orig.identified() && l.Attrs().Alias == alias {
+			return l, nil
 		}
 	}
 	return nil, ErrNotFound
@@ -123,16 +158,15 @@ func findLink(n *Namespace, names []string, alias string) (netlink.Link, error) 
 // namespace, moved home, MAC, MTU, alias and link state restored.
 // pod and temp may be nil (gone). A link found nowhere is ErrNotFound.
 func MoveOut(host, temp, pod *Namespace, orig HostState, ifName string) error {
-	alias := orig.Name
 	var l netlink.Link
 	var err error
 	where := host
-	if l, err = findLink(pod, []string{ifName}, alias); err == nil {
+	if l, err = findLink(pod, []string{ifName}, orig); err == nil {
 		where = pod
-	} else if l, err = findLink(temp, []string{ifName, orig.Name}, alias); err == nil {
+	} else if l, err = findLink(temp, []string{ifName, orig.Name}, orig); err == nil {
 		where = temp
-	} else if l, err = findLink(host, []string{orig.Name, ifName}, alias); err != nil {
-		return fmt.Errorf("%s (alias %s): %w", ifName, alias, ErrNotFound)
+	} else if l, err = findLink(host, []string{orig.Name, ifName}, orig); err != nil {
+		return fmt.Errorf("%s (host name %s, device %s): %w", ifName, orig.Name, orig.identity(), ErrNotFound)
 	}
 	if where != host {
 		where.Handle.LinkSetDown(l)
@@ -142,8 +176,11 @@ func MoveOut(host, temp, pod *Namespace, orig HostState, ifName string) error {
 			if err := pod.Handle.LinkSetNsFd(l, int(temp.NS)); err != nil {
 				return fmt.Errorf("move %s to the temp netns: %w", ifName, err)
 			}
-			if l, err = findLink(temp, []string{ifName}, alias); err != nil {
-				return fmt.Errorf("find %s in the temp netns: %w", ifName, err)
+			// The same name in the temp netns (a virtual link's ifindex may
+			// change on the way, where it was taken there).
+			name := l.Attrs().Name
+			if l, err = temp.Handle.LinkByName(name); err != nil || (orig.Parent != "" && !orig.Is(l)) {
+				return fmt.Errorf("find %s in the temp netns: %w", name, ErrNotFound)
 			}
 			where = temp
 		}

@@ -73,8 +73,13 @@ type Record struct {
 	HostMAC   string `json:"hostMac,omitempty"`
 	HostMTU   int    `json:"hostMtu,omitempty"`
 	HostAlias string `json:"hostAlias,omitempty"`
-	HostUp    bool   `json:"hostUp,omitempty"`
-	TempNetns string `json:"tempNetns,omitempty"` // where the netdev is renamed
+	// How DEL knows the netdev again, whatever the pod renamed it to: its
+	// PCI function (IFLA_PARENT_DEV_NAME), or, for a virtual link, its
+	// ifindex.
+	HostParent string `json:"hostParent,omitempty"`
+	HostIndex  int    `json:"hostIndex,omitempty"`
+	HostUp     bool   `json:"hostUp,omitempty"`
+	TempNetns  string `json:"tempNetns,omitempty"` // where the netdev is renamed
 
 	VFOrig    *VFState `json:"vfOrig,omitempty"`    // VF settings before ADD
 	RDMAMoved bool     `json:"rdmaMoved,omitempty"` // exclusive mode: moved into the pod
