@@ -2,13 +2,16 @@ package e2e
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	cniconfig "github.com/railnet/railnet/pkg/cni/config"
+	"github.com/railnet/railnet/pkg/state"
 )
 
 // useNode points the plugins this test runs at a node settings file.
@@ -166,5 +169,54 @@ func TestCNIDelFindsTheDeviceByHardware(t *testing.T) {
 	podLinks, _ := exec.Command("ip", "-n", filepath.Base(ns), "-o", "link").CombinedOutput()
 	if !strings.Contains(string(podLinks), "net1@net1p") || strings.Contains(string(podLinks), "hidden0") {
 		t.Errorf("in the pod after DEL:\n%s", podLinks)
+	}
+}
+
+// GC lists records without the device locks; a DEL(c1) and an ADD(c2) of
+// the same VF may pass before it takes the lock. It must undo only what
+// the record says under the lock: c1 vanished, so c2's VF stays in its pod.
+func TestCNIGCRereadsUnderTheLock(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	list := e.conflist(t, "1.1.0", nil)
+	ns := e.netns(t)
+	if _, err := e.cni.AddNetworkList(t.Context(), list, rt("c1", ns, "net1", vfBDF(0))); err != nil {
+		t.Fatal(err)
+	}
+	store, err := state.Open(e.state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock, err := store.LockDevice(vfBDF(0), time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "rn" + e.tag, "type": "railnet", "sysfsRoot": e.sys,
+		"stateDir": e.state, "cni.dev/valid-attachments": []any{map[string]string{"containerID": "c2", "ifname": "net1"}}})
+	done := make(chan string, 1)
+	go func() {
+		msg, code, stderr := runPlugin(t, "GC", "", "", "", conf)
+		done <- fmt.Sprintf("%d %s %s", code, msg, stderr)
+	}()
+	time.Sleep(500 * time.Millisecond) // GC has listed c1 and waits for the lock
+	// What DEL(c1) then ADD(c2) of the same VF into the same netns leave.
+	rec, err := store.Load("c1", "net1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	store.Delete("c1", "net1")
+	rec.ContainerID, rec.Created = "c2", time.Now().UTC()
+	if err := store.Save(rec); err != nil {
+		t.Fatal(err)
+	}
+	lock.Unlock()
+	res := <-done
+	if _, ok := hostLink(t, e.vfName(0)); ok {
+		t.Errorf("GC undid c2's attachment from c1's stale record (GC: %s)", res)
+	}
+	if _, err := store.Load("c2", "net1"); err != nil {
+		t.Errorf("c2's record: %v", err)
+	}
+	if err := e.cni.DelNetworkList(t.Context(), list, rt("c2", ns, "net1", vfBDF(0))); err != nil {
+		t.Errorf("DEL c2: %v", err)
 	}
 }

@@ -826,6 +826,16 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 			continue
 		}
 		rl := log.With("containerID", rec.ContainerID, "ifname", rec.IfName, "netns", rec.Netns)
+		// The list was read without the lock: a DEL and another ADD may
+		// have passed since. Only the record as it is now, under the lock,
+		// may be undone.
+		cur, err := store.Load(rec.ContainerID, rec.IfName)
+		if err != nil || !cur.Created.Equal(rec.Created) || cur.BDF != rec.BDF {
+			rl.Info("GC skips a record that changed or vanished", "device", rec.BDF)
+			lock.Unlock()
+			continue
+		}
+		rec = cur
 		if err := p.teardown(rl, store, host, rec); err != nil {
 			errs = append(errs, fmt.Errorf("%s/%s: %w", rec.ContainerID, rec.IfName, err))
 			rl.Error("GC could not release", "err", err)
