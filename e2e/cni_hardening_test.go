@@ -220,3 +220,35 @@ func TestCNIGCRereadsUnderTheLock(t *testing.T) {
 		t.Errorf("DEL c2: %v", err)
 	}
 }
+
+// Every IPAM delegate call has a deadline: a plugin that hangs makes ADD
+// fail (code 11) and roll back instead of holding the device's lock.
+func TestCNIIPAMDeadline(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	pod := e.netns(t)
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "hang-ipam"), []byte("#!/bin/sh\n[ \"$CNI_COMMAND\" = ADD ] && exec sleep 600\nexit 0\n"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("RAILNET_IPAM_TIMEOUT", "1s")
+	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "rn" + e.tag, "type": "railnet", "sysfsRoot": e.sys,
+		"stateDir": e.state, "deviceID": vfBDF(0), "ipam": map[string]any{"type": "hang-ipam"}})
+	before := hostView(t, e)
+	c := exec.Command(filepath.Join(binDir, "railnet"))
+	c.Env = append(os.Environ(), "CNI_COMMAND=ADD", "CNI_CONTAINERID=hang", "CNI_NETNS="+pod, "CNI_IFNAME=net1", "CNI_PATH="+dir)
+	c.Stdin = strings.NewReader(string(conf))
+	start := time.Now()
+	out, _ := c.Output()
+	took := time.Since(start)
+	var res struct {
+		Code uint   `json:"code"`
+		Msg  string `json:"msg"`
+	}
+	json.Unmarshal(out, &res)
+	if res.Code != 11 || !strings.Contains(res.Msg, "did not answer in time") || took > 20*time.Second {
+		t.Fatalf("ADD with a hung IPAM plugin: %s after %v", out, took)
+	}
+	if after := hostView(t, e); after != before {
+		t.Errorf("the failed ADD was not rolled back:\n%s\n%s", before, after)
+	}
+}

@@ -587,11 +587,33 @@ func delegate(args *skel.CmdArgs, cmd, plugin string) (types.Result, error) {
 	}
 	a := &invoke.Args{Command: cmd, ContainerID: args.ContainerID, NetNS: args.Netns, IfName: args.IfName,
 		PluginArgsStr: args.Args, Path: os.Getenv("CNI_PATH")}
-	ctx := context.Background()
+	ctx, cancel := ipamContext()
+	defer cancel()
 	if cmd == "ADD" {
-		return invoke.ExecPluginWithResult(ctx, pluginPath, args.StdinData, a, nil)
+		r, err := invoke.ExecPluginWithResult(ctx, pluginPath, args.StdinData, a, nil)
+		return r, ipamErr(ctx, plugin, err)
 	}
-	return nil, invoke.ExecPluginWithoutResult(ctx, pluginPath, args.StdinData, a, nil)
+	return nil, ipamErr(ctx, plugin, invoke.ExecPluginWithoutResult(ctx, pluginPath, args.StdinData, a, nil))
+}
+
+// DefaultIPAMTimeout bounds every IPAM delegate call: ADD and DEL hold the
+// device's lock meanwhile, and a hung plugin must not hold it for ever.
+// $RAILNET_IPAM_TIMEOUT (a node setting, a Go duration) changes it.
+const DefaultIPAMTimeout = 30 * time.Second
+
+func ipamContext() (context.Context, context.CancelFunc) {
+	d := DefaultIPAMTimeout
+	if v, err := time.ParseDuration(os.Getenv("RAILNET_IPAM_TIMEOUT")); err == nil && v > 0 {
+		d = v
+	}
+	return context.WithTimeout(context.Background(), d)
+}
+
+func ipamErr(ctx context.Context, plugin string, err error) error {
+	if err != nil && ctx.Err() != nil {
+		return typed(types.ErrTryAgainLater, "IPAM plugin "+plugin+" did not answer in time", err)
+	}
+	return err
 }
 
 // withStaging runs fn with the staging netns (created on first use), under
@@ -631,7 +653,9 @@ func ipamDel(plugin string, rec *state.Record) error {
 		return err
 	}
 	a := &invoke.Args{Command: "DEL", ContainerID: rec.ContainerID, NetNS: rec.Netns, IfName: rec.IfName, Path: paths}
-	return invoke.ExecPluginWithoutResult(context.Background(), pluginPath, rec.Config, a, nil)
+	ctx, cancel := ipamContext()
+	defer cancel()
+	return ipamErr(ctx, plugin, invoke.ExecPluginWithoutResult(ctx, pluginPath, rec.Config, a, nil))
 }
 
 // Check compares the live attachment with prevResult and the netconf.
@@ -845,7 +869,10 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		lock.Unlock()
 	}
 	if conf.IPAM.Type != "" {
-		if err := invoke.DelegateGC(context.Background(), conf.IPAM.Type, args.StdinData, nil); err != nil {
+		ctx, cancel := ipamContext()
+		err := ipamErr(ctx, conf.IPAM.Type, invoke.DelegateGC(ctx, conf.IPAM.Type, args.StdinData, nil))
+		cancel()
+		if err != nil {
 			errs = append(errs, fmt.Errorf("IPAM GC: %w", err))
 		}
 	}
