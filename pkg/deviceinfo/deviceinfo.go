@@ -45,8 +45,9 @@ func FileName(resource, deviceID string) string {
 	return strings.ReplaceAll(resource, "/", "-") + "-" + strings.ReplaceAll(deviceID, "/", "-") + "-device.json"
 }
 
-// Write (re)creates dir/FileName(resource, id), mode 0444: an older file is
-// removed first, as the spec asks, and the new one appears atomically.
+// Write (re)creates dir/FileName(resource, id), mode 0444, renamed over
+// any older one: a reader (Multus) always finds the old file or the new,
+// never none.
 func Write(dir, resource, id string, info *Info) error {
 	b, err := json.Marshal(info)
 	if err != nil {
@@ -55,11 +56,7 @@ func Write(dir, resource, id string, info *Info) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	p := filepath.Join(dir, FileName(resource, id))
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return WriteFile(p, b)
+	return WriteFile(filepath.Join(dir, FileName(resource, id)), b)
 }
 
 // WriteFile writes b to p atomically with mode 0444.

@@ -41,3 +41,38 @@ func TestWriteReadRemove(t *testing.T) {
 		t.Error("a non-device-info document was read")
 	}
 }
+
+// A rewrite is a rename over the old file: a reader polling it meanwhile
+// never finds it missing.
+func TestRewriteNeverLeavesNoFile(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, FileName("railnet.io/rail0", "0000:18:00.1"))
+	if err := Write(dir, "railnet.io/rail0", "0000:18:00.1", NewPCI("0000:18:00.1", "", "")); err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	missing := make(chan int, 1)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				missing <- n
+				return
+			default:
+			}
+			if _, err := os.Stat(p); err != nil {
+				n++
+			}
+		}
+	}()
+	for i := 0; i < 2000; i++ {
+		if err := Write(dir, "railnet.io/rail0", "0000:18:00.1", NewPCI("0000:18:00.1", "mlx5_12", "")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(stop)
+	if n := <-missing; n > 0 {
+		t.Errorf("the file was missing %d times while it was rewritten", n)
+	}
+}

@@ -41,6 +41,7 @@ type Manager struct {
 	metrics *Metrics
 
 	mu      sync.Mutex
+	swept   bool // sweep ran
 	servers map[string]*server
 	known   map[string]map[string]Device // pool → every device ever advertised (vanished ones stay, Unhealthy)
 
@@ -118,7 +119,58 @@ func (m *Manager) Update(pools []Pool) error {
 			m.stopLocked(s)
 		}
 	}
+	if !m.swept && len(pools) > 0 {
+		m.swept = true
+		m.sweep(pools)
+	}
 	return errors.Join(errs...)
+}
+
+// sweep removes, once the first pools are known, what an earlier run left
+// in the device-info and CDI directories that no current pool owns: files
+// of our resource prefix(es), and the ".<name>.*" temp files of writes a
+// crash interrupted. A device-info file for a device nobody advertises
+// would let the CNI attach it.
+func (m *Manager) sweep(pools []Pool) {
+	owned := map[string]bool{}
+	prefixes := map[string]bool{}
+	for _, p := range pools {
+		domain, _, _ := strings.Cut(p.Resource, "/")
+		prefixes[domain+"-"] = true
+		owned[filepath.Base(cdiSpecPath("", p.Resource))] = true
+		for _, d := range p.Devices {
+			owned[deviceinfo.FileName(p.Resource, d.ID)] = true
+		}
+	}
+	ours := func(name string) bool {
+		for pre := range prefixes {
+			if strings.HasPrefix(name, pre) || strings.HasPrefix(name, "."+pre) {
+				return true
+			}
+		}
+		return false
+	}
+	dirs := []string{}
+	if m.opts.DevInfoDir != "-" {
+		dirs = append(dirs, m.opts.DevInfoDir)
+	}
+	if m.opts.CDI {
+		dirs = append(dirs, m.opts.CDIDir)
+	}
+	for _, dir := range dirs {
+		ents, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range ents {
+			if e.IsDir() || !ours(e.Name()) || owned[e.Name()] {
+				continue
+			}
+			if err := os.Remove(filepath.Join(dir, e.Name())); err == nil {
+				m.log.Info("removed a file no pool owns", "file", filepath.Join(dir, e.Name()))
+			}
+		}
+	}
 }
 
 // merge keeps vanished devices as Unhealthy.
