@@ -190,6 +190,7 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 	if f.netlinkEvents {
 		watchLinks(ctx, a, log)
 	}
+	reconciled := make(chan struct{})
 	if f.reconcile > 0 {
 		// Multus sends GC only to the cluster network: orphaned railnet
 		// attachments on secondary networks are ours to release.
@@ -204,13 +205,22 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 			defer pods.Close()
 			r.Pods = pods
 		}
-		go r.Run(ctx, f.reconcile)
+		go func() {
+			defer close(reconciled)
+			r.Run(ctx, f.reconcile)
+		}()
+	} else {
+		close(reconciled)
 	}
+	// The manager outlives the agent: it stops (sockets and files removed)
+	// only once no rescan can update it any more, and after the
+	// reconciler's DEL in progress has finished.
 	mgrDone := make(chan error, 1)
-	mctx, cancel := context.WithCancel(ctx)
+	mctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	go func() { mgrDone <- mgr.Run(mctx) }()
 	err = a.Run(ctx, reload)
+	<-reconciled
 	cancel()
 	if merr := <-mgrDone; err == nil {
 		err = merr

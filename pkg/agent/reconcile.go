@@ -210,8 +210,11 @@ func (r *Reconciler) netnsExists(path string) error {
 	return unix.Stat(full, &st)
 }
 
-func (r *Reconciler) del(ctx context.Context, rec *state.Record) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+// del runs the CNI's DEL for rec. It is not cancelled with the
+// reconciler: a DEL killed halfway leaves a device half restored; it has
+// its own deadline instead.
+func (r *Reconciler) del(_ context.Context, rec *state.Record) error {
+	ctx, cancel := context.WithTimeout(context.Background(), DelTimeout)
 	defer cancel()
 	cniPath := rec.CNIPath
 	if r.CNIPath != "" {
@@ -236,7 +239,11 @@ func (r *Reconciler) del(ctx context.Context, rec *state.Record) error {
 	return nil
 }
 
-// Run reconciles every interval until ctx ends.
+// DelTimeout bounds one DEL the reconciler runs.
+const DelTimeout = 20 * time.Second
+
+// Run reconciles every interval until ctx ends; a pass in progress (and
+// its DEL) finishes first.
 func (r *Reconciler) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()

@@ -41,6 +41,7 @@ type Manager struct {
 	metrics *Metrics
 
 	mu      sync.Mutex
+	closed  bool // Close ran: updates are ignored
 	swept   bool // sweep ran
 	servers map[string]*server
 	known   map[string]map[string]Device // pool → every device ever advertised (vanished ones stay, Unhealthy)
@@ -87,6 +88,11 @@ func NewManager(o Options) *Manager {
 func (m *Manager) Update(pools []Pool) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if m.closed {
+		// A rescan that finishes after shutdown must not serve sockets,
+		// register or write files again.
+		return nil
+	}
 	want := map[string]bool{}
 	var errs []error
 	for _, p := range pools {
@@ -381,6 +387,7 @@ func (m *Manager) reRegister(match func(*server) bool) {
 func (m *Manager) Close() {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.closed = true
 	for _, s := range m.servers {
 		m.stopLocked(s)
 	}

@@ -50,3 +50,26 @@ func TestStartSweepsStaleFiles(t *testing.T) {
 		}
 	}
 }
+
+// A rescan that finishes after shutdown must not bring sockets or files
+// back: a closed manager ignores updates.
+func TestClosedManagerIgnoresUpdates(t *testing.T) {
+	base := t.TempDir()
+	devinfo, kubelet := filepath.Join(base, "dp"), filepath.Join(base, "kubelet")
+	os.MkdirAll(kubelet, 0o755)
+	m := NewManager(Options{KubeletDir: kubelet, DevInfoDir: devinfo})
+	pool := Pool{Name: "rail0", Resource: "railnet.io/rail0", Kind: "sriov",
+		Devices: []Device{{ID: "0000:18:00.1", BDF: "0000:18:00.1", NUMA: -1, Healthy: true}}}
+	if err := m.Update([]Pool{pool}); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	if err := m.Update([]Pool{pool}); err != nil {
+		t.Fatal(err)
+	}
+	socks, _ := filepath.Glob(filepath.Join(kubelet, "*.sock"))
+	files, _ := filepath.Glob(filepath.Join(devinfo, "*.json"))
+	if len(socks) != 0 || len(files) != 0 || len(m.Pools()) != 0 {
+		t.Errorf("after Close, an update served %v, wrote %v, pools %v", socks, files, m.Pools())
+	}
+}
