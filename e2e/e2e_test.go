@@ -4,7 +4,7 @@
 package e2e
 
 import (
-	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -16,6 +16,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -24,6 +25,7 @@ import (
 
 	cniconfig "github.com/railnet/railnet/pkg/cni/config"
 	"github.com/railnet/railnet/pkg/deviceplugin/kubelettest"
+	"github.com/railnet/railnet/pkg/fakesys"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 )
 
@@ -86,11 +88,43 @@ type daemon struct {
 	logs    *logBuffer
 	cniDir  string
 	started time.Time // when the process was started (the tree is built before)
+	tree    fakesys.Tree
 }
 
+// logBuffer is the daemon's stderr: every line kept (under a lock: the
+// writer is exec's copying goroutine) and offered to waitLog.
 type logBuffer struct {
-	lines chan string
-	all   strings.Builder
+	lines   chan string
+	mu      sync.Mutex
+	all     strings.Builder
+	partial []byte
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.all.Write(p)
+	b.partial = append(b.partial, p...)
+	for {
+		i := bytes.IndexByte(b.partial, '\n')
+		if i < 0 {
+			break
+		}
+		line := string(b.partial[:i])
+		b.partial = b.partial[i+1:]
+		select {
+		case b.lines <- line:
+		default:
+		}
+	}
+	return len(p), nil
+}
+
+// String is everything logged so far.
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.all.String()
 }
 
 func freePort(tb testing.TB) string {
@@ -107,31 +141,25 @@ func startDaemon(tb testing.TB, fixture, config string, extra ...string) *daemon
 	_, tree := fakesystest.Build(tb, fixture)
 	base := fakesystest.TempDir(tb)
 	d := &daemon{devinfo: filepath.Join(base, "devinfo"), config: filepath.Join(base, "config.yaml"),
-		metrics: freePort(tb), cniDir: filepath.Join(base, "cni-bin")}
+		metrics: freePort(tb), cniDir: filepath.Join(base, "cni-bin"), tree: tree}
 	os.MkdirAll(d.cniDir, 0o755)
 	os.WriteFile(d.config, []byte(config), 0o644)
 	kdir := filepath.Join(base, "kubelet")
 	os.MkdirAll(kdir, 0o755)
 	d.kubelet = kubelettest.Start(tb, kdir)
+	// Its own CNI state dir and no reconciler, no kubelet pod-resources,
+	// no netlink events, unless a test asks (later flags win): a test must
+	// never reconcile the host's real attachments.
 	args := append([]string{"--config", d.config, "--sysfs-root", tree.Sys, "--devfs-root", tree.Dev,
-		"--kubelet-dir", kdir, "--devinfo-dir", d.devinfo, "--metrics-addr", d.metrics, "--netlink-events=false"}, extra...)
+		"--kubelet-dir", kdir, "--devinfo-dir", d.devinfo, "--metrics-addr", d.metrics, "--netlink-events=false",
+		"--cni-state-dir", filepath.Join(base, "cni-state"), "--reconcile-interval=0", "--pod-resources-socket="}, extra...)
 	d.cmd = exec.Command(filepath.Join(binDir, "railnet-deviceplugin"), args...)
-	stderr, _ := d.cmd.StderrPipe()
 	d.logs = &logBuffer{lines: make(chan string, 1024)}
+	d.cmd.Stderr = d.logs
 	d.started = time.Now()
 	if err := d.cmd.Start(); err != nil {
 		tb.Fatal(err)
 	}
-	go func() {
-		sc := bufio.NewScanner(stderr)
-		for sc.Scan() {
-			d.logs.all.WriteString(sc.Text() + "\n")
-			select {
-			case d.logs.lines <- sc.Text():
-			default:
-			}
-		}
-	}()
 	tb.Cleanup(func() {
 		if d.cmd.ProcessState == nil {
 			d.cmd.Process.Kill()
@@ -197,7 +225,7 @@ func TestDaemonStandalone(t *testing.T) {
 	}
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	if err := d.cmd.Wait(); err != nil {
-		t.Errorf("exit after SIGTERM: %v\n%s", err, d.logs.all.String())
+		t.Errorf("exit after SIGTERM: %v\n%s", err, d.logs.String())
 	}
 	files, _ = filepath.Glob(filepath.Join(d.devinfo, "*.json"))
 	socks, _ := filepath.Glob(filepath.Join(d.kubelet.Dir, "railnet-*.sock"))
@@ -221,8 +249,8 @@ func TestDaemonRefusesBadConfig(t *testing.T) {
 			if err == nil || d.cmd.ProcessState.ExitCode() != 1 {
 				t.Fatalf("exit %v, want 1", err)
 			}
-			if !strings.Contains(d.logs.all.String(), `"level":"ERROR"`) {
-				t.Errorf("no error logged: %s", d.logs.all.String())
+			if !strings.Contains(d.logs.String(), `"level":"ERROR"`) {
+				t.Errorf("no error logged: %s", d.logs.String())
 			}
 		})
 	}
@@ -279,4 +307,35 @@ func TestDaemonWithoutConfig(t *testing.T) {
 	if err == nil || !strings.Contains(string(out), "nonexistent") {
 		t.Errorf("missing explicit config: %v %s", err, out)
 	}
+}
+
+// A link event (here a veth created and deleted in the host) makes the
+// daemon rescan at once: with hourly rescans, a PF found down turns its
+// VFs Unhealthy on the kubelet within seconds.
+func TestDaemonRescansOnLinkEvents(t *testing.T) {
+	requireRoot(t)
+	d := startDaemon(t, "dgx-h100-like", "railPools: true\n", "--netlink-events=true", "--rescan-interval=1h")
+	reg := d.kubelet.WaitRegistration(t, "railnet.io/rail0", 10*time.Second)
+	p := d.kubelet.Dial(t, reg.Endpoint)
+	w := p.Watch(t)
+	kubelettest.Next(t, w, 5*time.Second, func(l []*pluginapi.Device) bool { return len(l) == 8 })
+	nets, _ := filepath.Glob(filepath.Join(d.tree.Sys, "bus/pci/devices/0000:18:00.0/net/*"))
+	if len(nets) != 1 {
+		t.Fatalf("PF netdev: %v", nets)
+	}
+	os.WriteFile(filepath.Join(nets[0], "operstate"), []byte("down\n"), 0o644)
+	os.WriteFile(filepath.Join(nets[0], "carrier"), []byte("0\n"), 0o644)
+	name := "rn" + randTag() + "ev"
+	if out, err := exec.Command("ip", "link", "add", name, "type", "veth", "peer", "name", name+"p").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	exec.Command("ip", "link", "del", name).Run()
+	kubelettest.Next(t, w, 5*time.Second, func(l []*pluginapi.Device) bool {
+		for _, dev := range l {
+			if dev.Health != pluginapi.Unhealthy {
+				return false
+			}
+		}
+		return len(l) == 8
+	})
 }

@@ -19,7 +19,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"github.com/vishvananda/netlink"
 
 	"github.com/railnet/railnet/pkg/agent"
 	cniconfig "github.com/railnet/railnet/pkg/cni/config"
@@ -188,7 +187,7 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 		log.Info("metrics", "addr", lis.Addr().String())
 	}
 	if f.netlinkEvents {
-		watchLinks(ctx, a, log)
+		go agent.WatchLinks(ctx, agent.NetlinkSubscribe(log), a.Trigger, agent.NewResubscribeCounter(metrics.Registry), log)
 	}
 	reconciled := make(chan struct{})
 	if f.reconcile > 0 {
@@ -227,22 +226,4 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 	}
 	log.Info("stopped: sockets and device-info files removed")
 	return err
-}
-
-// watchLinks triggers a rescan on every link event (a PF going down, VFs
-// appearing after sriov_numvfs is raised); the agent coalesces bursts.
-func watchLinks(ctx context.Context, a *agent.Agent, log *slog.Logger) {
-	updates := make(chan netlink.LinkUpdate, 64)
-	err := netlink.LinkSubscribeWithOptions(updates, ctx.Done(), netlink.LinkSubscribeOptions{
-		ErrorCallback: func(err error) { log.Warn("netlink link events", "err", err) },
-	})
-	if err != nil {
-		log.Warn("netlink link events unavailable; periodic rescans only", "err", err)
-		return
-	}
-	go func() {
-		for range updates {
-			a.Trigger()
-		}
-	}()
 }

@@ -2,10 +2,16 @@ package agent
 
 import (
 	"context"
+	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"github.com/vishvananda/netlink"
 
 	"github.com/railnet/railnet/pkg/state"
 )
@@ -45,5 +51,44 @@ func TestReconcilerFinishesItsDELOnShutdown(t *testing.T) {
 	<-done
 	if _, err := os.Stat(finished); err != nil {
 		t.Errorf("Run returned with its DEL killed: %v", err)
+	}
+}
+
+// A link event subscription that ends (ENOBUFS) is opened again, counted,
+// followed by a rescan; events on it trigger rescans.
+func TestWatchLinksResubscribes(t *testing.T) {
+	var calls int
+	subscribe := func(ch chan<- netlink.LinkUpdate, done <-chan struct{}) error {
+		calls++
+		switch calls {
+		case 1:
+			go func() { ch <- netlink.LinkUpdate{}; close(ch) }() // one event, then the socket fails
+		case 2:
+			return errors.New("no netlink socket for now")
+		default:
+			go func() { ch <- netlink.LinkUpdate{}; <-done; close(ch) }()
+		}
+		return nil
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	triggers := make(chan struct{}, 16)
+	counter := prometheus.NewCounter(prometheus.CounterOpts{Name: "x"})
+	done := make(chan struct{})
+	go func() {
+		WatchLinks(ctx, subscribe, func() { triggers <- struct{}{} }, counter, slog.New(slog.DiscardHandler))
+		close(done)
+	}()
+	// 1 event, then on the third subscription a catch-up rescan and 1 event.
+	for i := 0; i < 3; i++ {
+		select {
+		case <-triggers:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%d rescans triggered, want 3 (subscriptions: %d)", i, calls)
+		}
+	}
+	cancel()
+	<-done
+	if got := testutil.ToFloat64(counter); got != 1 || calls != 3 {
+		t.Errorf("resubscriptions counted %v, subscribe calls %d; want 1 and 3", got, calls)
 	}
 }
