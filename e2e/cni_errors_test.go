@@ -104,8 +104,8 @@ func TestCNIBadInput(t *testing.T) {
 		{"netns that is not a netns", conf(nil), notNetns, 8, "not a network namespace"},
 		{"netns that does not exist", conf(nil), "/var/run/netns/rn" + e.tag + "-none", 3, "does not exist"},
 		{"state dir not writable", conf(map[string]any{"stateDir": filepath.Join(blocker, "state")}), pod, 5, "state directory"},
-		{"truncated JSON", conf(nil)[:40], pod, 6, ""},
-		{"garbage", []byte("\x00\x01not json"), pod, 6, ""},
+		{"truncated JSON", conf(nil)[:40], pod, 6, "network config: unexpected end of JSON input"},
+		{"garbage", []byte("\x00\x01not json"), pod, 6, "network config: invalid character '\\x00'"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			before := hostView(t, e)

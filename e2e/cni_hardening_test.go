@@ -252,3 +252,43 @@ func TestCNIIPAMDeadline(t *testing.T) {
 		t.Errorf("the failed ADD was not rolled back:\n%s\n%s", before, after)
 	}
 }
+
+// Two ADDs racing for one device: exactly one wins, the other gets code 11
+// and leaves nothing behind; the device is in exactly one pod.
+func TestCNIRacingAddsForOneDevice(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "rn" + e.tag, "type": "railnet", "sysfsRoot": e.sys,
+		"stateDir": e.state, "deviceID": vfBDF(0)})
+	for round := 0; round < 5; round++ {
+		nss := []string{e.netns(t), e.netns(t)}
+		codes := make(chan uint, 2)
+		for i, ns := range nss {
+			go func() {
+				_, code, _ := runPlugin(t, "ADD", fmt.Sprintf("race%d-%d", round, i), ns, "net1", conf)
+				codes <- code
+			}()
+		}
+		got := []uint{<-codes, <-codes}
+		if !(got[0] == 0 && got[1] == 11 || got[0] == 11 && got[1] == 0) {
+			t.Fatalf("round %d: codes %v, want one 0 and one 11", round, got)
+		}
+		winner := -1
+		for i, ns := range nss {
+			if exec.Command("ip", "-n", filepath.Base(ns), "link", "show", "net1").Run() == nil {
+				if winner >= 0 {
+					t.Fatalf("round %d: the VF is in two pods", round)
+				}
+				winner = i
+			}
+		}
+		if winner < 0 {
+			t.Fatalf("round %d: the VF is in no pod", round)
+		}
+		if _, err := os.Stat(filepath.Join(e.state, "records", fmt.Sprintf("race%d-%d-net1.json", round, 1-winner))); !os.IsNotExist(err) {
+			t.Errorf("round %d: the loser left a record: %v", round, err)
+		}
+		if msg, code, _ := runPlugin(t, "DEL", fmt.Sprintf("race%d-%d", round, winner), nss[winner], "net1", conf); code != 0 {
+			t.Fatalf("DEL: %d %s", code, msg)
+		}
+	}
+}

@@ -5,8 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -115,9 +115,7 @@ func TestCNIVFSettingsThroughPF(t *testing.T) {
 		"ipam": map[string]any{"type": "host-local", "dataDir": e.ipamDir, "ranges": []any{[]any{map[string]string{"subnet": "198.18.79.0/24"}}}}})
 	args := &skel.CmdArgs{ContainerID: "vf1", Netns: pod, IfName: "net1", StdinData: conf}
 	orig, _ := vf.Get("rn"+e.tag+"pf", 1)
-	if err := p.Add(args); err != nil {
-		t.Fatalf("ADD: %v", err)
-	}
+	result := addResult(t, p, args)
 	got, _ := vf.Get("rn"+e.tag+"pf", 1)
 	want := state.VFState{MAC: "02:11:22:33:44:55", VLAN: 100, QoS: 3, VLANProto: netdev.VLANProto8021AD, SpoofChk: false, Trust: true,
 		LinkState: netdev.VFLinkEnable, MinTxRate: 100, MaxTxRate: 1000}
@@ -125,12 +123,26 @@ func TestCNIVFSettingsThroughPF(t *testing.T) {
 		t.Errorf("VF 1 on the PF after ADD: %+v, want %+v", got, want)
 	}
 	// CHECK sees the VF as configured; a change behind railnet's back fails it.
-	if err := p.Check(withPrev(t, args)); err != nil {
+	if err := p.Check(withPrev(t, args, result)); err != nil {
 		t.Errorf("CHECK: %v", err)
 	}
+	// CHECK compares the pod with ADD's result: an address gone from the
+	// pod fails it.
+	var res struct {
+		IPs []struct{ Address string } `json:"ips"`
+	}
+	if json.Unmarshal(result, &res); len(res.IPs) != 1 {
+		t.Fatalf("ADD result: %s", result)
+	}
+	ns := filepath.Base(pod)
+	exec.Command("ip", "-n", ns, "addr", "del", res.IPs[0].Address, "dev", "net1").Run()
+	if err := p.Check(withPrev(t, args, result)); err == nil || !strings.Contains(err.Error(), "lacks address "+res.IPs[0].Address) {
+		t.Errorf("CHECK without the address of ADD's result: %v", err)
+	}
+	exec.Command("ip", "-n", ns, "addr", "add", res.IPs[0].Address, "dev", "net1").Run()
 	vlan := 7
 	vf.Set("rn"+e.tag+"pf", 1, netdev.VFSettings{VLAN: &vlan})
-	if err := p.Check(withPrev(t, args)); err == nil || !strings.Contains(err.Error(), "VLAN 7") {
+	if err := p.Check(withPrev(t, args, result)); err == nil || !strings.Contains(err.Error(), "VLAN 7") {
 		t.Errorf("CHECK after a VLAN change: %v", err)
 	}
 	if err := p.Del(args); err != nil {
@@ -194,36 +206,35 @@ func TestCNIWholeNetdev(t *testing.T) {
 	}
 }
 
-// withPrev adds the result of the attachment as prevResult, as a runtime does for CHECK.
-func withPrev(t *testing.T, args *skel.CmdArgs) *skel.CmdArgs {
+// addResult runs ADD in-process and returns the result it printed.
+func addResult(t *testing.T, p *cni.Plugin, args *skel.CmdArgs) []byte {
+	t.Helper()
+	f, err := os.CreateTemp(t.TempDir(), "stdout")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	old := os.Stdout
+	os.Stdout = f
+	err = p.Add(args)
+	os.Stdout = old
+	if err != nil {
+		t.Fatalf("ADD: %v", err)
+	}
+	b, err := os.ReadFile(f.Name())
+	if err != nil || len(b) == 0 {
+		t.Fatalf("ADD printed no result: %v", err)
+	}
+	return b
+}
+
+// withPrev adds ADD's printed result as prevResult, as a runtime does for
+// CHECK (not the live link: CHECK would compare it with itself).
+func withPrev(t *testing.T, args *skel.CmdArgs, result []byte) *skel.CmdArgs {
 	t.Helper()
 	var conf map[string]any
 	json.Unmarshal(args.StdinData, &conf)
-	st, _ := conf["stateDir"].(string)
-	rec, err := os.ReadFile(filepath.Join(st, "records", args.ContainerID+"-"+args.IfName+".json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	_ = rec
-	l, err := netdev.OpenNamespace(args.Netns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	link, err := l.Handle.LinkByName(args.IfName)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addrs, _ := l.Handle.AddrList(link, 0)
-	var ips []map[string]any
-	for _, a := range addrs {
-		if a.IP.To4() != nil {
-			ips = append(ips, map[string]any{"address": (&net.IPNet{IP: a.IP, Mask: a.Mask}).String(), "interface": 0})
-		}
-	}
-	conf["prevResult"] = map[string]any{"cniVersion": "1.1.0",
-		"interfaces": []any{map[string]any{"name": args.IfName, "mac": link.Attrs().HardwareAddr.String(), "sandbox": args.Netns}},
-		"ips":        ips}
+	conf["prevResult"] = json.RawMessage(result)
 	b, _ := json.Marshal(conf)
 	c := *args
 	c.StdinData = b

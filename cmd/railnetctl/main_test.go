@@ -20,6 +20,17 @@ func runCLI(t *testing.T, args ...string) (string, string, int) {
 	return out.String(), errb.String(), code
 }
 
+// mustRun is runCLI for a command that must succeed: its output, once the
+// exit code says it is one.
+func mustRun(t *testing.T, args ...string) string {
+	t.Helper()
+	out, stderr, code := runCLI(t, args...)
+	if code != 0 {
+		t.Fatalf("railnetctl %v: exit %d: %s", args, code, stderr)
+	}
+	return out
+}
+
 func fixtureTree(t *testing.T, name string) (string, string) {
 	t.Helper()
 	dir := fakesystest.TempDir(t)
@@ -63,7 +74,7 @@ func TestTopologyJSONShape(t *testing.T) {
 		t.Errorf("matrix = %v", matrix)
 	}
 	// Stable: the same tree prints the same bytes.
-	again, _, _ := runCLI(t, "--sysfs-root", sys, "--devfs-root", dev, "topology", "--format", "json")
+	again := mustRun(t, "--sysfs-root", sys, "--devfs-root", dev, "topology", "--format", "json")
 	if again != out {
 		t.Error("two runs on one tree differ")
 	}
@@ -131,7 +142,7 @@ func TestInventory(t *testing.T) {
 	if code != 0 || !strings.Contains(table, "PFs 5   VFs 20   netdevs 25   RDMA devices 19") || !strings.Contains(table, "VF0@0000:41:00.0") {
 		t.Errorf("table:\n%s", table)
 	}
-	summary, _, _ := runCLI(t, "inventory", "--summary", "--sysfs-root", sys, "--devfs-root", dev)
+	summary := mustRun(t, "inventory", "--summary", "--sysfs-root", sys, "--devfs-root", dev)
 	if strings.Contains(summary, "VF0@") || !strings.Contains(summary, "8/64") {
 		t.Errorf("--summary:\n%s", summary)
 	}
@@ -190,8 +201,8 @@ func TestSnapshotRoundTrip(t *testing.T) {
 				t.Fatalf("tar: %v %s", err, out)
 			}
 			for _, args := range [][]string{{"topology", "--format", "json"}, {"inventory", "--format", "json"}} {
-				want, _, _ := runCLI(t, append([]string{"--sysfs-root", sys, "--devfs-root", dev}, args...)...)
-				got, _, _ := runCLI(t, append([]string{"--sysfs-root", filepath.Join(dst, "sys"), "--devfs-root", filepath.Join(dst, "dev")}, args...)...)
+				want := mustRun(t, append([]string{"--sysfs-root", sys, "--devfs-root", dev}, args...)...)
+				got := mustRun(t, append([]string{"--sysfs-root", filepath.Join(dst, "sys"), "--devfs-root", filepath.Join(dst, "dev")}, args...)...)
 				if got != want {
 					t.Errorf("%v differs after the round trip:\n%s", args, firstDiff(want, got))
 				}

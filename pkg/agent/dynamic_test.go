@@ -150,7 +150,12 @@ func TestKubeletAbsentThenRefusingThenBack(t *testing.T) {
 	e.kubelet.WaitRegistration(t, "railnet.io/ib", 5*time.Second)
 	e.kubelet.Refuse(kubelettest.ErrRefused)
 	e.kubelet.Restart(t)
-	time.Sleep(300 * time.Millisecond) // several refused attempts
+	// Several refused attempts (backoff retries), counted, not slept for.
+	for deadline := time.Now().Add(10 * time.Second); e.kubelet.Refused() < 3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d refused Register calls, want retries", e.kubelet.Refused())
+		}
+	}
 	if e.mgr.Registered("ib") {
 		t.Fatal("registered although the kubelet refuses")
 	}
@@ -163,7 +168,9 @@ func TestReloadBadConfigKeepsServing(t *testing.T) {
 	e.kubelet.WaitRegistration(t, "railnet.io/ib", 5*time.Second)
 	// A bad config (unknown field) written to the file: refused, "ib" keeps serving.
 	os.WriteFile(e.cfg, []byte(`{"pools":[{"name":"ib","selectors":{"linkTypes":["infiniband"]},"bogus":1}]}`), 0o644)
-	e.reload <- struct{}{}
+	if err := e.agent.Reload(); err == nil || !strings.Contains(err.Error(), "bogus") {
+		t.Fatalf("reload of a config with an unknown field: %v", err)
+	}
 	// A config with a device in two pools: refused too.
 	if err := os.WriteFile(e.cfg, []byte(`{"pools":[{"name":"a","selectors":{"pfNames":["ibp24s0#0-3"]}},{"name":"b","selectors":{"pfNames":["ibp24s0#3"]}}]}`), 0o644); err != nil {
 		t.Fatal(err)
@@ -176,9 +183,8 @@ func TestReloadBadConfigKeepsServing(t *testing.T) {
 	}
 	// A good config: picked up from the file change alone.
 	os.WriteFile(e.cfg, []byte(`{"pools":[{"name":"eth","selectors":{"linkTypes":["ether"]}}]}`), 0o644)
-	e.kubelet.WaitRegistration(t, "railnet.io/eth", 3*time.Second)
-	deadline := time.Now().Add(2 * time.Second)
-	for time.Now().Before(deadline) && len(e.mgr.Pools()) != 1 {
+	e.kubelet.WaitRegistration(t, "railnet.io/eth", 10*time.Second)
+	for deadline := time.Now().Add(10 * time.Second); len(e.mgr.Pools()) != 1 && time.Now().Before(deadline); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if got := e.mgr.Pools(); len(got) != 1 || got[0] != "eth" {

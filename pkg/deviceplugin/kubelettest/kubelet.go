@@ -30,6 +30,7 @@ type Kubelet struct {
 	consumed map[string]int // resource ("" = any) → registrations already returned by WaitRegistration
 	notify   chan struct{}  // closed and replaced on every registration
 	refuse   error
+	refused  int // Register calls refused
 	srv      *grpc.Server
 }
 
@@ -92,10 +93,20 @@ func (k *Kubelet) Refuse(err error) {
 	k.mu.Unlock()
 }
 
+// Refused counts the Register calls refused so far.
+func (k *Kubelet) Refused() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return k.refused
+}
+
 // Register records the request as the kubelet does, checking the version.
 func (k *Kubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
 	k.mu.Lock()
 	refuse := k.refuse
+	if refuse != nil {
+		k.refused++
+	}
 	k.mu.Unlock()
 	if refuse != nil {
 		return nil, status.Error(codes.Unavailable, refuse.Error())
