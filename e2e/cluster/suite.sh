@@ -126,6 +126,26 @@ k exec vf-b -- ping -c 2 -W 2 -I net1 "$a_ip" >/dev/null || fail "vf-b cannot pi
 pass "vf-a and vf-b ping each other over net1"
 [ "$(vfs_in_host)" = 2 ] || fail "$(vfs_in_host) VFs left in the host, want 2"
 
+# A NAD is untrusted input: one naming a host path is refused (code 7,
+# naming the key), and the pod never starts; nothing is attached.
+k apply -f - >/dev/null <<EOF
+apiVersion: k8s.cni.cncf.io/v1
+kind: NetworkAttachmentDefinition
+metadata:
+  name: e2e-evil
+  namespace: $NS
+  annotations: {k8s.v1.cni.cncf.io/resourceName: railnet.io/e2e-vf}
+spec:
+  config: '{"cniVersion":"1.0.0","name":"e2e-evil","type":"railnet","sysfsRoot":"/var/lib/kubelet/pods","capabilities":{"deviceID":true}}'
+EOF
+test_pod evil e2e-vf e2e-evil
+refused() { k get events --field-selector involvedObject.name=evil -o jsonpath='{.items[*].message}' | grep -q 'sysfsRoot: is a host path'; }
+until_ok 60 refused || fail "a NAD naming sysfsRoot was not refused: $(k get events --field-selector involvedObject.name=evil -o jsonpath='{.items[*].message}')"
+[ "$(records)" = 2 ] || fail "records after the refused NAD: $(records)"
+k delete pod evil --wait=true --timeout=60s >/dev/null
+k delete net-attach-def e2e-evil >/dev/null
+pass "a NAD that names a host path is refused (sysfsRoot: is a host path), the pod never starts"
+
 # RDMA pool: a shared HCA slot, no network; the runtime creates the device
 # nodes from railnet's device specs and CDI spec (host paths below the
 # mocked devfs, real character devices).
