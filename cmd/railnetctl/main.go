@@ -19,6 +19,7 @@ Usage:
   railnetctl fakesys check FIXTURE...                      validate machine descriptions
   railnetctl snapshot [--output FILE]                      a tar.gz of the sysfs files railnet reads, for bug reports
   railnetctl validate-config FILE [--sysfs-root DIR]       check a device plugin config; with a root, what each pool selects
+  railnetctl doctor [--format table|json] [--config FILE]  what slows GPUDirect: PCIe links, ACS, IOMMU, peer memory, rails, NUMA (exit 0 clean, 1 warnings, 2 errors)
   railnetctl version
 
 Common flags (before or after the command):
@@ -82,6 +83,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = cmdSnapshot(r, rest, stdout)
 	case "validate-config":
 		err = cmdValidateConfig(r, rest, stdout)
+	case "doctor":
+		err = cmdDoctor(r, rest, stdout)
 	case "version", "--version":
 		fmt.Fprintf(stdout, "railnetctl %s\n", version)
 	case "help", "-h", "--help":
@@ -89,9 +92,12 @@ func run(args []string, stdout, stderr io.Writer) int {
 	default:
 		err = fmt.Errorf("%w: unknown command %q", errUsage, cmd)
 	}
+	var ec exitCode
 	switch {
 	case err == nil:
 		return 0
+	case errors.As(err, &ec):
+		return int(ec)
 	case errors.Is(err, flag.ErrHelp):
 		fmt.Fprint(stdout, usage)
 		return 0

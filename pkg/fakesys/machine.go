@@ -24,6 +24,12 @@ type Machine struct {
 	NUMA          []NUMANode `json:"numa"`
 	Roots         []Root     `json:"roots"`
 	Expected      Expected   `json:"expected"`
+
+	// Optional: loaded kernel modules (/sys/module/<name>); absent, the
+	// tree has no /sys/module at all. RDMANetnsMode "shared"|"exclusive"
+	// is ib_core's netns_mode parameter.
+	Modules       []string `json:"modules,omitempty"`
+	RDMANetnsMode string   `json:"rdmaNetnsMode,omitempty"`
 }
 
 // NUMANode is an online NUMA node and its CPUs (kernel cpulist format).
@@ -73,6 +79,36 @@ type Node struct {
 	SpeedMbps int    `json:"speedMbps,omitempty"`
 	OperState string `json:"operstate,omitempty"`
 	SRIOV     *SRIOV `json:"sriov,omitempty"`
+
+	// Optional, for railnetctl doctor (absent: the files are not written).
+	PCIe       *PCIeLink   `json:"pcie,omitempty"`
+	ACS        *ACS        `json:"acs,omitempty"`
+	IOMMUGroup *IOMMUGroup `json:"iommuGroup,omitempty"`
+}
+
+// PCIeLink is a function's PCIe link as sysfs shows it: speeds as the
+// kernel prints them ("32.0 GT/s PCIe"), widths as lane counts.
+type PCIeLink struct {
+	Speed    string `json:"speed"`
+	Width    int    `json:"width"`
+	MaxSpeed string `json:"maxSpeed"`
+	MaxWidth int    `json:"maxWidth"`
+}
+
+// ACS is the Access Control Services extended capability (ID 0x000D) of a
+// port: which redirect/forwarding controls are enabled. It is written into
+// the function's binary config space.
+type ACS struct {
+	RequestRedirect    bool `json:"requestRedirect"`
+	CompletionRedirect bool `json:"completionRedirect"`
+	UpstreamForwarding bool `json:"upstreamForwarding"`
+}
+
+// IOMMUGroup puts the function in /sys/kernel/iommu_groups/<id> of a type
+// (DMA, DMA-FQ, identity, blocked).
+type IOMMUGroup struct {
+	ID   int    `json:"id"`
+	Type string `json:"type"`
 }
 
 // SRIOV is a PF's SR-IOV capability; VFs are generated from it.

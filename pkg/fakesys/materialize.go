@@ -1,6 +1,7 @@
 package fakesys
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"os"
@@ -79,6 +80,18 @@ func MaterializeWith(m *Machine, dir string, opts Options) (Tree, error) {
 		w.devnode("infiniband/rdma_cm", miscMajor, rdmaCMMinor)
 		w.file("class/infiniband_verbs/abi_version", "6\n")
 		w.file("class/infiniband_mad/abi_version", "5\n")
+	}
+	if len(m.Modules) > 0 || m.RDMANetnsMode != "" {
+		w.mkdir("module")
+	}
+	for _, mod := range m.Modules {
+		w.file("module/"+mod+"/initstate", "live\n")
+		w.file("module/"+mod+"/refcnt", "0\n")
+	}
+	if m.RDMANetnsMode != "" {
+		yn := map[string]string{"shared": "Y", "exclusive": "N"}[m.RDMANetnsMode]
+		w.file("module/ib_core/initstate", "live\n")
+		w.file("module/ib_core/parameters/netns_mode", yn+"\n")
 	}
 	// The loopback device: ifindex 1, virtual, as on every host.
 	lo := "devices/virtual/net/lo"
@@ -221,6 +234,69 @@ func (w *writer) devnode(rel string, major, minor uint32) {
 	w.fail(os.Chmod(p, 0o666))
 }
 
+// pcie writes a function's PCIe link attributes, its binary config space
+// (4 KiB, as root reads it: the header, a PCI Express capability and the
+// extended capability list, with ACS when the fixture has it) and its IOMMU
+// group, when the fixture describes them.
+func (w *writer) pcie(n *Node, f *Function, dir string) {
+	if l := n.PCIe; l != nil {
+		w.file(dir+"/current_link_speed", l.Speed+"\n")
+		w.file(dir+"/current_link_width", strconv.Itoa(l.Width)+"\n")
+		w.file(dir+"/max_link_speed", l.MaxSpeed+"\n")
+		w.file(dir+"/max_link_width", strconv.Itoa(l.MaxWidth)+"\n")
+	}
+	if n.PCIe != nil || n.ACS != nil {
+		w.file(dir+"/config", string(ConfigSpace(n.Vendor, f.Device, f.Class, n.Type == "bridge", n.ACS)))
+	}
+	if g := n.IOMMUGroup; g != nil {
+		gd := fmt.Sprintf("kernel/iommu_groups/%d", g.ID)
+		w.file(gd+"/type", g.Type+"\n")
+		w.link(gd+"/devices/"+f.BDF, dir)
+		w.link(dir+"/iommu_group", gd)
+	}
+}
+
+// ACS control bits (PCIe base spec, ACS Control Register).
+const (
+	ACSRequestRedirect    = 1 << 2
+	ACSCompletionRedirect = 1 << 3
+	ACSUpstreamForwarding = 1 << 4
+)
+
+// ConfigSpace is a 4 KiB PCIe config space: vendor, device, class, header
+// type, a PCI Express capability at 0x40, and an extended capability list
+// at 0x100 holding ACS (ID 0x000D) when acs is given.
+func ConfigSpace(vendor, device, class string, bridge bool, acs *ACS) []byte {
+	b := make([]byte, 4096)
+	hex := func(s string) uint64 { v, _ := strconv.ParseUint(strings.TrimPrefix(s, "0x"), 16, 32); return v }
+	binary.LittleEndian.PutUint16(b[0:], uint16(hex(vendor)))
+	binary.LittleEndian.PutUint16(b[2:], uint16(hex(device)))
+	c := hex(class)
+	b[0x09], b[0x0a], b[0x0b] = byte(c), byte(c>>8), byte(c>>16)
+	b[0x06] = 0x10 // status: capabilities list
+	if bridge {
+		b[0x0e] = 1
+	}
+	b[0x34] = 0x40
+	b[0x40], b[0x41] = 0x10, 0 // PCI Express capability, last
+	if acs != nil {
+		binary.LittleEndian.PutUint32(b[0x100:], 0x000D|1<<16) // ACS, version 1, no next
+		binary.LittleEndian.PutUint16(b[0x104:], 0x005f)       // SV TB RR CR UF EC DT supported
+		var ctl uint16
+		if acs.RequestRedirect {
+			ctl |= ACSRequestRedirect
+		}
+		if acs.CompletionRedirect {
+			ctl |= ACSCompletionRedirect
+		}
+		if acs.UpstreamForwarding {
+			ctl |= ACSUpstreamForwarding
+		}
+		binary.LittleEndian.PutUint16(b[0x106:], ctl)
+	}
+	return b
+}
+
 func (w *writer) numa(m *Machine) {
 	var all []int
 	ids := make([]int, 0, len(m.NUMA))
@@ -289,6 +365,9 @@ func (w *writer) function(m *Machine, f *Function) {
 	if f.Driver != "" {
 		w.link(dir+"/driver", "bus/pci/drivers/"+f.Driver)
 		w.link("bus/pci/drivers/"+f.Driver+"/"+f.BDF, dir)
+	}
+	if !f.IsVF {
+		w.pcie(n, f, dir)
 	}
 	switch n.Type {
 	case "bridge":

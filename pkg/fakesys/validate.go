@@ -30,6 +30,37 @@ func (m *Machine) Validate() error {
 	if m.SchemaVersion != 1 {
 		bad("schemaVersion: %d, want 1", m.SchemaVersion)
 	}
+	if m.RDMANetnsMode != "" && m.RDMANetnsMode != "shared" && m.RDMANetnsMode != "exclusive" {
+		bad("rdmaNetnsMode: %q, want shared or exclusive", m.RDMANetnsMode)
+	}
+	var doctorFields func(path string, nodes []Node)
+	doctorFields = func(path string, nodes []Node) {
+		for i, n := range nodes {
+			p := fmt.Sprintf("%s[%d] (%s)", path, i, n.BDF)
+			if l := n.PCIe; l != nil {
+				for _, sp := range []struct{ f, v string }{{"pcie.speed", l.Speed}, {"pcie.maxSpeed", l.MaxSpeed}} {
+					if !validLinkSpeed(sp.v) {
+						bad("%s.%s: %q, want the kernel's form, e.g. \"32.0 GT/s PCIe\"", p, sp.f, sp.v)
+					}
+				}
+				for _, wd := range []struct {
+					f string
+					v int
+				}{{"pcie.width", l.Width}, {"pcie.maxWidth", l.MaxWidth}} {
+					if wd.v < 1 || wd.v > 32 {
+						bad("%s.%s: %d, want 1-32 lanes", p, wd.f, wd.v)
+					}
+				}
+			}
+			if g := n.IOMMUGroup; g != nil && g.Type != "DMA" && g.Type != "DMA-FQ" && g.Type != "identity" && g.Type != "blocked" {
+				bad("%s.iommuGroup.type: %q, want DMA, DMA-FQ, identity or blocked", p, g.Type)
+			}
+			doctorFields(p+".children", n.Children)
+		}
+	}
+	for i, r := range m.Roots {
+		doctorFields(fmt.Sprintf("roots[%d].children", i), r.Children)
+	}
 	if m.Name == "" {
 		bad("name: missing")
 	}
@@ -430,4 +461,17 @@ func ParseCPUList(s string) ([]int, error) {
 		}
 	}
 	return out, nil
+}
+
+// validLinkSpeed: "2.5 GT/s PCIe", "32.0 GT/s PCIe", or "Unknown".
+func validLinkSpeed(s string) bool {
+	if s == "Unknown" {
+		return true
+	}
+	num, rest, ok := strings.Cut(s, " ")
+	if !ok || rest != "GT/s PCIe" {
+		return false
+	}
+	_, err := strconv.ParseFloat(num, 64)
+	return err == nil
 }
