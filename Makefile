@@ -77,6 +77,7 @@ fuzz-short:
 	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzPrevResult$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/cni
 	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzPodIdentity$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/cni
 	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/pools
+	TMPDIR=$(TESTTMP) $(GO) test -run='^$$' -fuzz='^FuzzACSControl$$' -fuzztime=$(FUZZTIME) -fuzzminimizetime=2s ./pkg/doctor
 
 bench: build cni-plugins
 	TMPDIR=$(TESTTMP) RAILNET_CNI_PLUGINS=$(CURDIR)/$(BIN)/cni $(GO) test -run='^$$' -bench=. -benchmem -count=1 ./...
@@ -97,7 +98,13 @@ demo: build
 	$(BIN)/railnetctl --sysfs-root "$$dir/sys" --devfs-root "$$dir/dev" topology --format dot > $(OUT)/topology.dot && \
 	if command -v dot >/dev/null 2>&1; then dot -Tsvg $(OUT)/topology.dot -o $(OUT)/topology.svg && echo "graph: $(OUT)/topology.svg"; \
 	else echo "graph: $(OUT)/topology.dot (install graphviz for SVG)"; fi; \
-	echo "matrix: $(OUT)/topology.json"
+	echo "matrix: $(OUT)/topology.json"; \
+	for f in doctor-clean doctor-planted; do \
+	  $(BIN)/railnetctl fakesys build testdata/fixtures/$$f.json "$$dir/$$f" >/dev/null && \
+	  echo && echo "railnetctl doctor on $$f:" && \
+	  { $(BIN)/railnetctl --sysfs-root "$$dir/$$f/sys" --devfs-root "$$dir/$$f/dev" doctor --config pkg/doctor/testdata/doctor-pools.yaml; \
+	    echo "(exit $$?: 0 clean, 1 warnings, 2 errors)"; }; \
+	done
 
 clean:
 	rm -rf $(BIN) $(OUT)

@@ -244,3 +244,36 @@ func TestValidateConfig(t *testing.T) {
 		}
 	}
 }
+
+// doctor's JSON is stable: the planted fixture's output is a golden file
+// (RAILNET_UPDATE_GOLDEN=1 rewrites it); the exit code says errors (2),
+// warnings (1) or clean (0).
+func TestDoctor(t *testing.T) {
+	sys, dev := fixtureTree(t, "doctor-planted")
+	out, stderr, code := runCLI(t, "doctor", "--sysfs-root", sys, "--devfs-root", dev, "--format", "json",
+		"--config", "../../pkg/doctor/testdata/doctor-pools.yaml")
+	if code != 2 {
+		t.Fatalf("exit %d, want 2 (errors): %s", code, stderr)
+	}
+	golden := "testdata/doctor-planted.json"
+	if os.Getenv("RAILNET_UPDATE_GOLDEN") == "1" {
+		os.MkdirAll("testdata", 0o755)
+		os.WriteFile(golden, []byte(out), 0o644)
+	}
+	want, err := os.ReadFile(golden)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out != string(want) {
+		t.Errorf("doctor --format json differs from %s: %s", golden, firstDiff(out, string(want)))
+	}
+	sys, dev = fixtureTree(t, "doctor-clean")
+	out, _, code = runCLI(t, "doctor", "--sysfs-root", sys, "--devfs-root", dev)
+	if code != 0 || !strings.Contains(out, "0 errors, 0 warnings") {
+		t.Errorf("clean node: exit %d\n%s", code, out)
+	}
+	sys, dev = fixtureTree(t, "doctor-planted")
+	if _, _, code := runCLI(t, "doctor", "--sysfs-root", sys, "--devfs-root", dev); code != 2 {
+		t.Errorf("planted without the pools config: exit %d, want 2 (ACS is an error)", code)
+	}
+}
