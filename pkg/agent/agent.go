@@ -15,11 +15,13 @@ import (
 	"time"
 
 	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/railnet/railnet/pkg/atomicfile"
 	cniconfig "github.com/railnet/railnet/pkg/cni/config"
 	"github.com/railnet/railnet/pkg/deviceplugin"
 	"github.com/railnet/railnet/pkg/discovery"
+	"github.com/railnet/railnet/pkg/doctor"
 	"github.com/railnet/railnet/pkg/pools"
 	"github.com/railnet/railnet/pkg/sysfs"
 	"github.com/railnet/railnet/pkg/topology"
@@ -44,6 +46,10 @@ type Agent struct {
 
 	mu  sync.Mutex
 	cfg *pools.Config // the last good config
+
+	doctorMu sync.Mutex
+	findings *prometheus.GaugeVec // railnet_doctor_findings; nil without metrics
+	seen     map[doctor.Finding]bool
 }
 
 // New loads and checks the config against the current inventory; a config
@@ -58,7 +64,14 @@ func New(o Options) (*Agent, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
-	a := &Agent{o: o, log: o.Logger, trigger: make(chan struct{}, 1)}
+	a := &Agent{o: o, log: o.Logger, trigger: make(chan struct{}, 1), seen: map[doctor.Finding]bool{}}
+	if o.Metrics != nil {
+		a.findings = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "railnet_doctor_findings",
+			Help: "1 per railnetctl doctor finding of the last scan (what slows GPUDirect: PCIe links, ACS, IOMMU, rails, ...).",
+		}, []string{"check", "severity", "device"})
+		o.Metrics.Registry.MustRegister(a.findings)
+	}
 	cfg, err := a.load()
 	if err != nil {
 		return nil, err
@@ -95,6 +108,7 @@ func (a *Agent) resolve(cfg *pools.Config) ([]deviceplugin.Pool, error) {
 		return nil, err
 	}
 	topo := topology.Build(inv)
+	a.doctor(cfg, inv, topo)
 	resolved, warnings, err := pools.Resolve(cfg, inv, topo)
 	if a.o.Metrics != nil {
 		a.o.Metrics.ObserveScan(time.Since(start), len(inv.Warnings))
@@ -109,6 +123,29 @@ func (a *Agent) resolve(cfg *pools.Config) ([]deviceplugin.Pool, error) {
 		a.log.Debug("discovery", "path", w.Path, "msg", w.Msg)
 	}
 	return Convert(resolved), nil
+}
+
+// doctor exports what slows GPUDirect on this node after every scan, and
+// logs each finding once, when it first appears. Findings change no
+// device's health: a NIC on a degraded link works, slowly.
+func (a *Agent) doctor(cfg *pools.Config, inv *discovery.Inventory, topo *topology.Topology) {
+	findings := doctor.Run(doctor.Options{Sys: a.o.Sys, Config: cfg}, inv, topo)
+	a.doctorMu.Lock()
+	defer a.doctorMu.Unlock()
+	now := map[doctor.Finding]bool{}
+	if a.findings != nil {
+		a.findings.Reset()
+	}
+	for _, f := range findings {
+		now[f] = true
+		if a.findings != nil {
+			a.findings.WithLabelValues(f.Check, f.Severity, f.Device).Set(1)
+		}
+		if !a.seen[f] {
+			a.log.Warn("doctor: "+f.Found, "check", f.Check, "severity", f.Severity, "device", f.Device, "want", f.Want, "fix", f.Fix)
+		}
+	}
+	a.seen = now
 }
 
 // Convert turns selected pools into what the device plugin serves.

@@ -40,6 +40,7 @@ type env struct {
 	cancel  context.CancelFunc
 	done    chan error
 	reload  chan struct{}
+	metrics *deviceplugin.Metrics
 }
 
 func start(t testing.TB, fixture, config string) *env {
@@ -65,6 +66,7 @@ func start(t testing.TB, fixture, config string) *env {
 	}
 	t.Cleanup(func() { dev.Close() })
 	metrics := deviceplugin.NewMetrics()
+	e.metrics = metrics
 	e.cdi = filepath.Join(base, "cdi")
 	e.mgr = deviceplugin.NewManager(deviceplugin.Options{KubeletDir: kdir, DevInfoDir: e.devinfo, CDI: true, CDIDir: e.cdi,
 		DevfsRoot: tree.Dev, Metrics: metrics, RegisterBackoff: 20 * time.Millisecond, RegisterBackoffMax: 200 * time.Millisecond})
@@ -302,5 +304,35 @@ func TestGetPreferredAllocation(t *testing.T) {
 	if _, err := p.GetPreferredAllocation(context.Background(), &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{
 		{AvailableDeviceIDs: avail[:2], AllocationSize: 3}}}); err == nil {
 		t.Error("oversized request succeeded")
+	}
+}
+
+// Every scan exports doctor's findings as railnet_doctor_findings; the
+// devices stay Healthy (a slow link works).
+func TestDoctorMetrics(t *testing.T) {
+	e := start(t, "doctor-planted", `{"railPools": true}`)
+	e.kubelet.WaitRegistration(t, "railnet.io/rail0", 5*time.Second)
+	families, err := e.metrics.Registry.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, mf := range families {
+		if mf.GetName() != "railnet_doctor_findings" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			l := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				l[lp.GetName()] = lp.GetValue()
+			}
+			got = append(got, l["check"]+" "+l["severity"]+" "+l["device"])
+		}
+	}
+	slices.Sort(got)
+	want := []string{"acs error 0000:02:00.0", "gpudirect warn node", "iommu warn 0000:03:00.0", "numa warn 0000:83:00.0",
+		"numa warn 0000:84:00.0", "pcie-link warn 0000:83:00.0", "rail-consistency warn 0000:84:00.0"}
+	if !slices.Equal(got, want) {
+		t.Errorf("railnet_doctor_findings:\n%v\nwant\n%v", got, want)
 	}
 }
