@@ -3,7 +3,11 @@
 export PATH := $(PATH):/usr/local/go/bin
 GO      ?= go
 BIN     := bin
-VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# Expanded once: the image, its tag and the e2e suite's expectation agree
+# even if the tree changes during a long run.
+ifeq ($(origin VERSION), undefined)
+VERSION := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+endif
 LDFLAGS := -s -w -X main.version=$(VERSION)
 # Tests build sysfs trees with tens of thousands of files: tmpfs is what
 # sysfs is like and ten times faster than a disk.
