@@ -338,4 +338,13 @@ func TestDaemonRescansOnLinkEvents(t *testing.T) {
 		}
 		return len(l) == 8
 	})
+	// A clean SIGTERM logs no warning (closing the subscription interrupts
+	// its receive; that is not a netlink problem).
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	if err := d.cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+	if logs := d.logs.String(); strings.Contains(logs, `"level":"WARN","msg":"netlink`) {
+		t.Errorf("shutdown warned about netlink:\n%s", logs)
+	}
 }

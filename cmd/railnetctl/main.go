@@ -119,12 +119,28 @@ func parse(name string, r *roots, args []string, define func(*flag.FlagSet)) (*f
 	if define != nil {
 		define(fs)
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return nil, err
+	// Flags may follow positional arguments ("validate-config FILE
+	// --sysfs-root /sys"): parse, set the next positional aside, go on.
+	var positional []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return nil, err
+			}
+			return nil, fmt.Errorf("%w: %s: %v", errUsage, name, err)
 		}
-		return nil, fmt.Errorf("%w: %s: %v", errUsage, name, err)
+		if fs.NArg() == 0 {
+			break
+		}
+		rest := fs.Args()
+		if len(args) > 0 && len(rest) < len(args) && args[len(args)-len(rest)-1] == "--" {
+			positional = append(positional, rest...) // after "--", all positional
+			break
+		}
+		positional = append(positional, rest[0])
+		args = rest[1:]
 	}
+	fs.Parse(append([]string{"--"}, positional...))
 	if r != nil {
 		r.noteSet(fs)
 	}

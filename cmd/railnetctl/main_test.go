@@ -277,3 +277,12 @@ func TestDoctor(t *testing.T) {
 		t.Errorf("planted without the pools config: exit %d, want 2 (ACS is an error)", code)
 	}
 }
+
+// Flags may follow positional arguments, as the README writes them.
+func TestFlagsAfterArguments(t *testing.T) {
+	sys, dev := fixtureTree(t, "dgx-h100-like")
+	out, stderr, code := runCLI(t, "validate-config", "../../deployments/overlays/dgx-h100/config.yaml", "--sysfs-root", sys, "--devfs-root", dev)
+	if code != 0 || !strings.Contains(out, "railnet.io/rail7") {
+		t.Errorf("validate-config FILE --sysfs-root DIR: exit %d\n%s%s", code, out, stderr)
+	}
+}

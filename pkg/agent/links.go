@@ -20,7 +20,15 @@ func NetlinkSubscribe(log *slog.Logger) Subscribe {
 	return func(ch chan<- netlink.LinkUpdate, done <-chan struct{}) error {
 		return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{
 			ReceiveBufferSize: 4 << 20,
-			ErrorCallback:     func(err error) { log.Warn("netlink link events", "err", err) },
+			ErrorCallback: func(err error) {
+				select {
+				case <-done:
+					// Closing the subscription interrupts its receive (EAGAIN
+					// at shutdown): not worth a warning.
+				default:
+					log.Warn("netlink link events", "err", err)
+				}
+			},
 		})
 	}
 }
