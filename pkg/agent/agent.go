@@ -47,9 +47,19 @@ type Agent struct {
 	mu  sync.Mutex
 	cfg *pools.Config // the last good config
 
-	doctorMu sync.Mutex
+	doctorMu sync.Mutex           // rescans may overlap (a trigger and an explicit call)
 	findings *prometheus.GaugeVec // railnet_doctor_findings; nil without metrics
 	seen     map[doctor.Finding]bool
+
+	first *resolution // New's, served by the first Rescan instead of scanning again
+}
+
+// resolution is one scan's pools, with what doctor reads.
+type resolution struct {
+	pools []deviceplugin.Pool
+	cfg   *pools.Config
+	inv   *discovery.Inventory
+	topo  *topology.Topology
 }
 
 // New loads and checks the config against the current inventory; a config
@@ -76,10 +86,11 @@ func New(o Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	if _, err := a.resolve(cfg); err != nil {
+	first, err := a.resolve(cfg)
+	if err != nil {
 		return nil, err
 	}
-	a.cfg = cfg
+	a.cfg, a.first = cfg, first
 	return a, nil
 }
 
@@ -101,14 +112,13 @@ func (a *Agent) Config() *pools.Config {
 }
 
 // resolve scans and selects devices into the config's pools.
-func (a *Agent) resolve(cfg *pools.Config) ([]deviceplugin.Pool, error) {
+func (a *Agent) resolve(cfg *pools.Config) (*resolution, error) {
 	start := time.Now()
 	inv, err := discovery.NewScanner(a.o.Sys, a.o.Dev).Scan()
 	if err != nil {
 		return nil, err
 	}
 	topo := topology.Build(inv)
-	a.doctor(cfg, inv, topo)
 	resolved, warnings, err := pools.Resolve(cfg, inv, topo)
 	if a.o.Metrics != nil {
 		a.o.Metrics.ObserveScan(time.Since(start), len(inv.Warnings))
@@ -122,14 +132,22 @@ func (a *Agent) resolve(cfg *pools.Config) ([]deviceplugin.Pool, error) {
 	for _, w := range inv.Warnings {
 		a.log.Debug("discovery", "path", w.Path, "msg", w.Msg)
 	}
-	return Convert(resolved), nil
+	return &resolution{pools: Convert(resolved), cfg: cfg, inv: inv, topo: topo}, nil
+}
+
+// serve hands a resolution to the device plugin, then (off the path that
+// registers pools) to doctor.
+func (a *Agent) serve(r *resolution) error {
+	err := a.o.Manager.Update(r.pools)
+	a.doctor(r)
+	return err
 }
 
 // doctor exports what slows GPUDirect on this node after every scan, and
 // logs each finding once, when it first appears. Findings change no
 // device's health: a NIC on a degraded link works, slowly.
-func (a *Agent) doctor(cfg *pools.Config, inv *discovery.Inventory, topo *topology.Topology) {
-	findings := doctor.Run(doctor.Options{Sys: a.o.Sys, Config: cfg}, inv, topo)
+func (a *Agent) doctor(r *resolution) {
+	findings := doctor.Run(doctor.Options{Sys: a.o.Sys, Config: r.cfg}, r.inv, r.topo)
 	a.doctorMu.Lock()
 	defer a.doctorMu.Unlock()
 	now := map[doctor.Finding]bool{}
@@ -164,11 +182,20 @@ func Convert(rs []pools.Resolved) []deviceplugin.Pool {
 
 // Rescan reads sysfs again and updates the served pools.
 func (a *Agent) Rescan() error {
-	p, err := a.resolve(a.Config())
+	a.mu.Lock()
+	r := a.first
+	a.first = nil
+	a.mu.Unlock()
+	if r != nil {
+		// New resolved the pools a moment ago: serve them at once
+		// (start-up scans once, not twice).
+		return a.serve(r)
+	}
+	r, err := a.resolve(a.Config())
 	if err != nil {
 		return fmt.Errorf("rescan: %w", err)
 	}
-	return a.o.Manager.Update(p)
+	return a.serve(r)
 }
 
 // Reload reads the config file again. An invalid config is logged and
@@ -176,13 +203,14 @@ func (a *Agent) Rescan() error {
 func (a *Agent) Reload() error {
 	cfg, err := a.load()
 	if err == nil {
-		var p []deviceplugin.Pool
-		if p, err = a.resolve(cfg); err == nil {
+		var r *resolution
+		if r, err = a.resolve(cfg); err == nil {
 			a.mu.Lock()
 			a.cfg = cfg
+			a.first = nil
 			a.mu.Unlock()
 			a.log.Info("config reloaded", "path", a.o.ConfigPath)
-			return a.o.Manager.Update(p)
+			return a.serve(r)
 		}
 	}
 	a.log.Error("config refused; the previous one keeps serving", "path", a.o.ConfigPath, "err", err)

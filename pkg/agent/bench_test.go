@@ -2,6 +2,7 @@ package agent_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -88,12 +89,22 @@ func BenchmarkGetPreferredAllocation(b *testing.B) {
 }
 
 // BenchmarkStartToRegistered: from reading the config to the kubelet
-// holding the registration, scan of vf-scale included.
+// holding every registration, scan of vf-scale included: one pool of all
+// 1,016 VFs, and 8 rail pools.
 func BenchmarkStartToRegistered(b *testing.B) {
+	b.Run("one-pool", func(b *testing.B) { startToRegistered(b, vfScaleConfig, "railnet.io/vf") })
+	rails := []string{}
+	for i := range 8 {
+		rails = append(rails, fmt.Sprintf("railnet.io/rail%d", i))
+	}
+	b.Run("8-rails", func(b *testing.B) { startToRegistered(b, `{"railPools": true}`, rails...) })
+}
+
+func startToRegistered(b *testing.B, config string, resources ...string) {
 	_, tree := fakesystest.Build(b, "vf-scale")
 	base := fakesystest.TempDir(b)
 	cfg := filepath.Join(base, "c.json")
-	os.WriteFile(cfg, []byte(vfScaleConfig), 0o644)
+	os.WriteFile(cfg, []byte(config), 0o644)
 	sys, _ := sysfs.New(tree.Sys)
 	defer sys.Close()
 	dev, _ := sysfs.New(tree.Dev)
@@ -111,7 +122,9 @@ func BenchmarkStartToRegistered(b *testing.B) {
 		if err := a.Rescan(); err != nil {
 			b.Fatal(err)
 		}
-		k.WaitRegistration(b, "railnet.io/vf", 10*time.Second)
+		for _, r := range resources {
+			k.WaitRegistration(b, r, 10*time.Second)
+		}
 		b.StopTimer()
 		mgr.Close()
 		k.Stop()

@@ -95,23 +95,27 @@ func (m *Manager) Update(pools []Pool) error {
 	}
 	want := map[string]bool{}
 	var errs []error
+	type files struct{ p, old Pool }
+	var later []files
 	for _, p := range pools {
 		want[p.Name] = true
 		p = m.merge(p)
-		m.writeDevInfo(p)
-		if m.opts.CDI {
-			if err := writeCDISpec(m.opts.CDIDir, m.opts.DevfsRoot, p); err != nil {
-				m.log.Error("write CDI spec", "pool", p.Name, "err", err)
-			}
+		var old Pool
+		if s := m.servers[p.Name]; s != nil {
+			old, _ = s.snapshot()
 		}
 		m.metrics.setDevices(p)
 		if s := m.servers[p.Name]; s != nil {
 			if cur, _ := s.snapshot(); cur.Resource == p.Resource {
+				// A served pool changes: its files first, so that what
+				// ListAndWatch reports never has a stale file beside it.
+				m.writeFiles(p, old)
 				s.setPool(p)
 				continue
 			}
 			m.stopLocked(s)
 		}
+		later = append(later, files{p, old})
 		s := newServer(m, p)
 		if err := s.serve(); err != nil {
 			errs = append(errs, fmt.Errorf("pool %s: %w", p.Name, err))
@@ -119,6 +123,12 @@ func (m *Manager) Update(pools []Pool) error {
 		}
 		m.servers[p.Name] = s
 		s.register()
+	}
+	// New pools' files once every pool serves and registers (in the
+	// background): a kubelet waits for none of them. Allocate writes a
+	// device's device-info file itself if it is not there yet.
+	for _, f := range later {
+		m.writeFiles(f.p, f.old)
 	}
 	for name, s := range m.servers {
 		if !want[name] {
@@ -225,13 +235,9 @@ func (m *Manager) stopLocked(s *server) {
 
 // writeDevInfo (re)creates the device-info file of every device and removes
 // those of devices no longer present.
-func (m *Manager) writeDevInfo(p Pool) {
+func (m *Manager) writeDevInfo(p, old Pool) {
 	if m.opts.DevInfoDir == "-" {
 		return
-	}
-	var old Pool
-	if s := m.servers[p.Name]; s != nil {
-		old, _ = s.snapshot()
 	}
 	written := map[string]Device{}
 	for _, d := range old.Devices {
@@ -271,6 +277,27 @@ func firstOf(s []string) string {
 		return ""
 	}
 	return s[0]
+}
+
+// writeFiles writes a pool's device-info files and CDI spec.
+func (m *Manager) writeFiles(p, old Pool) {
+	m.writeDevInfo(p, old)
+	if m.opts.CDI {
+		if err := writeCDISpec(m.opts.CDIDir, m.opts.DevfsRoot, p); err != nil {
+			m.log.Error("write CDI spec", "pool", p.Name, "err", err)
+		}
+	}
+}
+
+// ensureDevInfo writes one device's device-info file if it is missing
+// (Allocate came before Update wrote it): Multus reads it after Allocate.
+func (m *Manager) ensureDevInfo(resource string, d Device) {
+	if m.opts.DevInfoDir == "-" || deviceinfo.Exists(m.opts.DevInfoDir, resource, d.ID) {
+		return
+	}
+	if err := deviceinfo.Write(m.opts.DevInfoDir, resource, d.ID, deviceinfo.NewPCI(d.BDF, firstOf(d.RDMA), d.PF)); err != nil {
+		m.log.Error("write device-info file", "device", d.ID, "err", err)
+	}
 }
 
 func (m *Manager) removeDevInfo(p Pool) {

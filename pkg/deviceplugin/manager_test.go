@@ -5,6 +5,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
 	"github.com/railnet/railnet/pkg/deviceinfo"
 )
 
@@ -71,5 +73,30 @@ func TestClosedManagerIgnoresUpdates(t *testing.T) {
 	files, _ := filepath.Glob(filepath.Join(devinfo, "*.json"))
 	if len(socks) != 0 || len(files) != 0 || len(m.Pools()) != 0 {
 		t.Errorf("after Close, an update served %v, wrote %v, pools %v", socks, files, m.Pools())
+	}
+}
+
+// Allocate writes a device's device-info file when it is not there yet:
+// Multus reads it after Allocate, whatever Update has written so far.
+func TestAllocateWritesMissingDevInfo(t *testing.T) {
+	base := t.TempDir()
+	devinfo, kubelet := filepath.Join(base, "dp"), filepath.Join(base, "kubelet")
+	os.MkdirAll(kubelet, 0o755)
+	m := NewManager(Options{KubeletDir: kubelet, DevInfoDir: devinfo})
+	defer m.Close()
+	pool := Pool{Name: "rail0", Resource: "railnet.io/rail0", Kind: "sriov",
+		Devices: []Device{{ID: "0000:18:00.1", BDF: "0000:18:00.1", PF: "0000:18:00.0", RDMA: []string{"mlx5_12"}, NUMA: -1, Healthy: true}}}
+	if err := m.Update([]Pool{pool}); err != nil {
+		t.Fatal(err)
+	}
+	f := filepath.Join(devinfo, deviceinfo.FileName("railnet.io/rail0", "0000:18:00.1"))
+	os.Remove(f)
+	if _, err := m.servers["rail0"].Allocate(t.Context(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
+		{DevicesIds: []string{"0000:18:00.1"}}}}); err != nil {
+		t.Fatal(err)
+	}
+	info, err := deviceinfo.Read(f)
+	if err != nil || info.PCI.PCIAddress != "0000:18:00.1" || info.PCI.RDMADevice != "mlx5_12" || info.PCI.PFPCIAddress != "0000:18:00.0" {
+		t.Errorf("device-info after Allocate: %+v %v", info, err)
 	}
 }

@@ -271,6 +271,7 @@ func (s *server) allocateContainer(ids []string) (*pluginapi.ContainerAllocateRe
 		if !slices.Contains(bdfs, d.BDF) {
 			bdfs = append(bdfs, d.BDF)
 		}
+		s.m.ensureDevInfo(s.pool.Resource, *d)
 		e := infoEntry{Generic: map[string]string{"deviceID": d.ID},
 			PCI: &deviceinfo.PCI{PCIAddress: d.BDF, PFPCIAddress: d.PF}}
 		if len(d.RDMA) > 0 {
