@@ -133,8 +133,8 @@ func install(f *flags, log *slog.Logger) error {
 		log.Info("installed CNI binary", "dir", f.installCNIDir)
 	}
 	if f.cniNodeConfig != "" {
-		if err := agent.WriteCNINodeConfig(f.cniNodeConfig, cniconfig.Node{SysfsRoot: f.sys, DevfsRoot: f.dev,
-			StateDir: f.cniStateDir, DevInfoDir: f.devinfoDir}); err != nil {
+		if err := agent.WriteCNINodeConfig(f.cniNodeConfig, cniconfig.Node{
+			HostPaths: cniconfig.HostPaths{SysfsRoot: f.sys, DevfsRoot: f.dev, StateDir: f.cniStateDir}, DevInfoDir: f.devinfoDir}); err != nil {
 			return err
 		}
 		log.Info("wrote the CNI's node settings", "file", f.cniNodeConfig)

@@ -51,12 +51,7 @@ const (
 // netconf comes from a NAD, which a namespace admin writes, and is
 // untrusted input to a root process.
 type Node struct {
-	SysfsRoot  string `json:"sysfsRoot,omitempty"`
-	DevfsRoot  string `json:"devfsRoot,omitempty"`
-	StateDir   string `json:"stateDir,omitempty"`
-	LogFile    string `json:"logFile,omitempty"`
-	KeysDir    string `json:"keysDir,omitempty"`
-	AuditFile  string `json:"auditFile,omitempty"`
+	HostPaths
 	DevInfoDir string `json:"devInfoDir,omitempty"` // the device plugin's device-info files: what it advertises
 	// DeviceInfoRoot confines runtimeConfig.CNIDeviceInfoFile (default
 	// DefaultDeviceInfoRoot).
@@ -69,6 +64,17 @@ type Node struct {
 	// them; AllowUnadvertisedDevices: any device (tests, single-tenant).
 	AllowDevices             []string `json:"allowDevices,omitempty"`
 	AllowUnadvertisedDevices bool     `json:"allowUnadvertisedDevices,omitempty"`
+}
+
+// HostPaths are the paths on the host railnet reads and writes: node
+// settings, which a netconf may only set where the node allows it.
+type HostPaths struct {
+	SysfsRoot string `json:"sysfsRoot,omitempty"`
+	DevfsRoot string `json:"devfsRoot,omitempty"`
+	StateDir  string `json:"stateDir,omitempty"`
+	LogFile   string `json:"logFile,omitempty"`
+	KeysDir   string `json:"keysDir,omitempty"`
+	AuditFile string `json:"auditFile,omitempty"`
 }
 
 // LoadNode reads the node settings file (a missing file is no settings),
@@ -207,12 +213,7 @@ type NetConf struct {
 	LogLevel  string  `json:"logLevel,omitempty"`
 
 	// Host paths: node settings, refused here unless the node allows them.
-	SysfsRoot string `json:"sysfsRoot,omitempty"`
-	DevfsRoot string `json:"devfsRoot,omitempty"`
-	StateDir  string `json:"stateDir,omitempty"`
-	LogFile   string `json:"logFile,omitempty"`
-	KeysDir   string `json:"keysDir,omitempty"`
-	AuditFile string `json:"auditFile,omitempty"`
+	HostPaths
 
 	RuntimeConfig RuntimeConfig `json:"runtimeConfig,omitempty"`
 	Args          *Args         `json:"args,omitempty"`
