@@ -25,47 +25,54 @@ func percentiles(b *testing.B, lat []time.Duration) {
 // start-to-registered, Allocate and GetPreferredAllocation latency, and the
 // daemon's peak RSS.
 func BenchmarkDaemonVFScale(b *testing.B) {
-	for _, op := range []string{"Allocate", "GetPreferredAllocation"} {
-		b.Run(op, func(b *testing.B) {
-			d := startDaemon(b, "vf-scale", vfScale)
-			reg := d.kubelet.WaitRegistration(b, "railnet.io/vf", 20*time.Second)
-			startup := time.Since(d.started)
-			p := d.kubelet.Dial(b, reg.Endpoint)
-			list := kubelettest.Next(b, p.Watch(b), 5*time.Second, func([]*pluginapi.Device) bool { return true })
-			ids := make([]string, len(list))
-			for i, dev := range list {
-				ids[i] = dev.ID
-			}
-			if len(ids) != 1016 {
-				b.Fatalf("%d devices", len(ids))
-			}
-			ctx := context.Background()
-			var lat []time.Duration
-			gpa := &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{
-				{AvailableDeviceIDs: ids, MustIncludeDeviceIDs: ids[100:101], AllocationSize: 8}}}
-			i := 0
-			b.ResetTimer()
-			for b.Loop() {
-				start := time.Now()
-				var err error
-				if op == "Allocate" {
-					_, err = p.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
-						{DevicesIds: []string{ids[i%1016], ids[(i+509)%1016]}}}})
-				} else {
-					_, err = p.GetPreferredAllocation(ctx, gpa)
-				}
-				lat = append(lat, time.Since(start))
-				if err != nil {
-					b.Fatal(err)
-				}
-				i++
-			}
-			b.StopTimer()
-			percentiles(b, lat)
-			b.ReportMetric(float64(startup.Milliseconds()), "start-to-registered-ms")
-			if kb, err := vmHWM(d.cmd.Process.Pid); err == nil {
-				b.ReportMetric(float64(kb)/1024, "daemon-peak-RSS-MiB")
-			}
-		})
+	for _, fx := range []struct {
+		name string
+		vfs  int
+	}{{"vf-scale", 1016}, {"vf-scale-4096", 4096}} {
+		for _, op := range []string{"Allocate", "GetPreferredAllocation"} {
+			b.Run(fx.name+"/"+op, func(b *testing.B) { daemonBench(b, fx.name, fx.vfs, op) })
+		}
+	}
+}
+
+func daemonBench(b *testing.B, fixture string, vfs int, op string) {
+	d := startDaemon(b, fixture, vfScale)
+	reg := d.kubelet.WaitRegistration(b, "railnet.io/vf", 20*time.Second)
+	startup := time.Since(d.started)
+	p := d.kubelet.Dial(b, reg.Endpoint)
+	list := kubelettest.Next(b, p.Watch(b), 5*time.Second, func([]*pluginapi.Device) bool { return true })
+	ids := make([]string, len(list))
+	for i, dev := range list {
+		ids[i] = dev.ID
+	}
+	if len(ids) != vfs {
+		b.Fatalf("%d devices", len(ids))
+	}
+	ctx := context.Background()
+	var lat []time.Duration
+	gpa := &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{
+		{AvailableDeviceIDs: ids, MustIncludeDeviceIDs: ids[100:101], AllocationSize: 8}}}
+	i := 0
+	b.ResetTimer()
+	for b.Loop() {
+		start := time.Now()
+		var err error
+		if op == "Allocate" {
+			_, err = p.Allocate(ctx, &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
+				{DevicesIds: []string{ids[i%vfs], ids[(i+509)%vfs]}}}})
+		} else {
+			_, err = p.GetPreferredAllocation(ctx, gpa)
+		}
+		lat = append(lat, time.Since(start))
+		if err != nil {
+			b.Fatal(err)
+		}
+		i++
+	}
+	b.StopTimer()
+	percentiles(b, lat)
+	b.ReportMetric(float64(startup.Milliseconds()), "start-to-registered-ms")
+	if kb, err := vmHWM(d.cmd.Process.Pid); err == nil {
+		b.ReportMetric(float64(kb)/1024, "daemon-peak-RSS-MiB")
 	}
 }

@@ -16,31 +16,35 @@ func BenchmarkScanVFScale(b *testing.B) {
 		name string
 		opts []sysfs.Option
 	}{{"openat2", nil}, {"walk", []sysfs.Option{sysfs.WithoutOpenat2()}}} {
-		b.Run(mode.name, func(b *testing.B) {
-			_, tree := fakesystest.Build(b, "vf-scale")
-			sys, err := sysfs.New(tree.Sys, mode.opts...)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer sys.Close()
-			dev, err := sysfs.New(tree.Dev, mode.opts...)
-			if err != nil {
-				b.Fatal(err)
-			}
-			defer dev.Close()
-			s := discovery.NewScanner(sys, dev)
-			b.ReportAllocs()
-			b.ResetTimer()
-			for b.Loop() {
-				inv, err := s.Scan()
-				if err != nil {
-					b.Fatal(err)
-				}
-				topo := topology.Build(inv)
-				if len(inv.NICs) != 1024 || len(topo.GPUs) != 8 || len(inv.Warnings) != 0 {
-					b.Fatalf("scan found %d NICs, %d GPUs, warnings %v", len(inv.NICs), len(topo.GPUs), inv.Warnings)
-				}
-			}
-		})
+		b.Run(mode.name, func(b *testing.B) { scanBench(b, "vf-scale", 1024, mode.opts) })
+	}
+	// 8 PFs x 512 VFs.
+	b.Run("4096-VFs", func(b *testing.B) { scanBench(b, "vf-scale-4096", 4104, nil) })
+}
+
+func scanBench(b *testing.B, fixture string, nics int, opts []sysfs.Option) {
+	_, tree := fakesystest.Build(b, fixture)
+	sys, err := sysfs.New(tree.Sys, opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sys.Close()
+	dev, err := sysfs.New(tree.Dev, opts...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer dev.Close()
+	s := discovery.NewScanner(sys, dev)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for b.Loop() {
+		inv, err := s.Scan()
+		if err != nil {
+			b.Fatal(err)
+		}
+		topo := topology.Build(inv)
+		if len(inv.NICs) != nics || len(topo.GPUs) != 8 || len(inv.Warnings) != 0 {
+			b.Fatalf("scan found %d NICs, %d GPUs, warnings %v", len(inv.NICs), len(topo.GPUs), inv.Warnings)
+		}
 	}
 }
