@@ -29,7 +29,7 @@ import (
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 )
 
-var binDir, cniPluginDir, nodeFile, devInfoRoot string
+var binDir, cniPluginDir, devInfoRoot string
 
 // cniPlugins are the reference plugins the CNI tests delegate to (IPAM) or
 // compare with (host-device), at the version the issue names.
@@ -54,7 +54,7 @@ func TestMain(m *testing.M) {
 	// The CNI tests give each attachment its own mocked sysfs tree and state
 	// directory in the netconf, as only a node that allows it may; the
 	// devices of those trees are advertised by no device plugin.
-	nodeFile = filepath.Join(dir, "cni.json")
+	nodeFile := filepath.Join(dir, "cni.json")
 	devInfoRoot = filepath.Join(dir, "devinfo")
 	node, _ := json.Marshal(map[string]any{"allowNetconfPaths": true, "allowUnadvertisedDevices": true, "deviceInfoRoot": devInfoRoot})
 	if err := os.WriteFile(nodeFile, node, 0o644); err != nil {
