@@ -229,11 +229,13 @@ func (a *Agent) Trigger() {
 // periodically, and reloads the config when its file changes or reload
 // receives, until ctx ends.
 func (a *Agent) Run(ctx context.Context, reload <-chan struct{}) error {
+	// Watch the config before serving: a change written while the first
+	// pools register must not go unseen.
+	cfgEvents, stopWatch := a.watchConfig()
+	defer stopWatch()
 	if err := a.Rescan(); err != nil {
 		return err
 	}
-	cfgEvents, stopWatch := a.watchConfig()
-	defer stopWatch()
 	tick := time.NewTicker(a.o.RescanInterval)
 	defer tick.Stop()
 	last := time.Now()
