@@ -107,6 +107,14 @@ func TestReconcilerPodResources(t *testing.T) {
 	pods.set(map[string][]string{"team/lostpath": {vfBDF(2)}, "team/running": {vfBDF(4)}}, false)
 	r := &agent.Reconciler{StateDir: e.state, CNIBinary: filepath.Join(binDir, "railnet"), CNIPath: cniPluginDir + ":" + binDir,
 		Pods: &agent.KubeletPods{Socket: sock}, ResourceOf: pooled}
+	// The kubelet's word alone takes two passes in a row: the first only
+	// suspects.
+	if n, err := r.Once(ctx); err != nil || n != 0 {
+		t.Fatalf("first pass released %d: %v", n, err)
+	}
+	if _, ok := hostLink(t, e.vfName(0)); ok {
+		t.Fatal("released on the first pass")
+	}
 	n, err := r.Once(ctx)
 	if err != nil || n != 1 {
 		t.Fatalf("reconciler released %d: %v", n, err)
@@ -124,8 +132,12 @@ func TestReconcilerPodResources(t *testing.T) {
 		t.Error("lostpath's VF was pulled out of a running pod")
 	}
 
-	// A device the kubelet now gives another pod: the old record goes.
+	// A device the kubelet now gives another pod: the old record goes
+	// (on the second pass that sees it so).
 	pods.set(map[string][]string{"team/lostpath": {vfBDF(2)}, "team/someone-else": {vfBDF(4)}}, false)
+	if n, err := r.Once(ctx); err != nil || n != 0 {
+		t.Fatalf("released %d on the first pass: %v", n, err)
+	}
 	if n, err := r.Once(ctx); err != nil || n != 1 {
 		t.Fatalf("released %d (device held by another pod): %v", n, err)
 	}
@@ -176,6 +188,7 @@ func TestReconcilerHostRoot(t *testing.T) {
 	pods.set(map[string][]string{}, false)
 	r := &agent.Reconciler{StateDir: e.state, CNIBinary: filepath.Join(binDir, "railnet"), CNIPath: cniPluginDir + ":" + binDir,
 		HostRoot: "/", Pods: &agent.KubeletPods{Socket: sock}, ResourceOf: func(string) (string, bool) { return "railnet.io/test", true }}
+	r.Once(ctx) // suspects
 	if n, err := r.Once(ctx); err != nil || n != 1 {
 		t.Fatalf("released %d: %v", n, err)
 	}
@@ -184,5 +197,36 @@ func TestReconcilerHostRoot(t *testing.T) {
 	}
 	if l := leases(t, e.ipamDir); len(l) != 0 {
 		t.Errorf("leases after release: %v", l)
+	}
+}
+
+// Right after a kubelet restart its pod list can be empty for a moment:
+// one such answer releases nothing, and a pod seen again clears the
+// suspicion.
+func TestReconcilerKubeletRestartWindow(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	list := e.conflist(t, "1.1.0", nil)
+	ctx := context.Background()
+	ns := e.netns(t)
+	rc := rt("live", ns, "net1", vfBDF(0))
+	rc.Args = podArgs("team", "live")
+	if _, err := e.cni.AddNetworkList(ctx, list, rc); err != nil {
+		t.Fatal(err)
+	}
+	pods, sock := startPodResources(t)
+	r := &agent.Reconciler{StateDir: e.state, CNIBinary: filepath.Join(binDir, "railnet"), CNIPath: cniPluginDir + ":" + binDir,
+		Pods: &agent.KubeletPods{Socket: sock}, ResourceOf: func(string) (string, bool) { return "railnet.io/test", true }}
+	for round := 0; round < 3; round++ {
+		pods.set(map[string][]string{}, false) // the kubelet just started
+		if n, err := r.Once(ctx); err != nil || n != 0 {
+			t.Fatalf("round %d: released %d on an empty pod list: %v", round, n, err)
+		}
+		pods.set(map[string][]string{"team/live": {vfBDF(0)}}, false) // it knows its pods again
+		if n, err := r.Once(ctx); err != nil || n != 0 {
+			t.Fatalf("round %d: released %d a live pod's device: %v", round, n, err)
+		}
+	}
+	if _, ok := hostLink(t, e.vfName(0)); ok {
+		t.Error("the live pod's VF was pulled")
 	}
 }

@@ -49,6 +49,12 @@ type Reconciler struct {
 	ResourceOf func(id string) (string, bool)
 	Logger     *slog.Logger
 	Metrics    *ReconcileMetrics
+
+	// suspects are the records the last pass found held by no running pod.
+	// The kubelet's answer alone releases a record only when two passes in
+	// a row agree: right after a kubelet restart its pod list can be empty
+	// for a moment, and that must not pull live pods' devices.
+	suspects map[string]bool
 }
 
 // PodDevices lists what running pods hold: device ID → the pods holding it.
@@ -94,7 +100,7 @@ const (
 )
 
 // Once checks every record and releases the orphaned ones. It keeps going
-// past failures.
+// past failures. Once is not safe for concurrent use (Run calls it in turn).
 func (r *Reconciler) Once(ctx context.Context) (released int, err error) {
 	log := r.Logger
 	if log == nil {
@@ -124,6 +130,8 @@ func (r *Reconciler) Once(ctx context.Context) (released int, err error) {
 	if r.Metrics != nil {
 		r.Metrics.podAPI.Set(map[bool]float64{true: 1}[podsKnown])
 	}
+	suspects := map[string]bool{}
+	defer func() { r.suspects = suspects }()
 	for _, rec := range recs {
 		reason, detail := r.verdict(rec, held, podsKnown)
 		switch reason {
@@ -133,6 +141,14 @@ func (r *Reconciler) Once(ctx context.Context) (released int, err error) {
 			log.Warn("reconciler keeps an attachment whose netns it cannot check", "containerID", rec.ContainerID,
 				"ifname", rec.IfName, "netns", rec.Netns, "device", rec.DeviceID, "err", detail)
 			continue
+		case ReasonNoPod, ReasonOtherPod:
+			key := rec.ContainerID + "\x00" + rec.IfName + "\x00" + rec.Created.String()
+			if !r.suspects[key] {
+				suspects[key] = true // released next pass if it still holds
+				log.Info("reconciler suspects an orphaned attachment", "containerID", rec.ContainerID, "ifname", rec.IfName,
+					"device", rec.DeviceID, "reason", reason, "detail", detail)
+				continue
+			}
 		}
 		if err := r.del(ctx, rec); err != nil {
 			errs = append(errs, fmt.Errorf("%s/%s: %w", rec.ContainerID, rec.IfName, err))
