@@ -328,9 +328,16 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		if dev.IsVF && len(settings.MAC) > 0 {
 			mac = nil // the VF MAC is set through the PF; the netdev follows it
 		}
-		if err := p.withStaging(store, func(temp *netdev.Namespace) error {
-			return netdev.MoveIn(host, temp, pod, dev.Netdev, args.IfName, mac, mtu)
-		}); err != nil {
+		// One message moves and renames it (one namespace change); the
+		// staging namespace only when the kernel refuses that.
+		err = netdev.MoveIn(host, nil, pod, dev.Netdev, args.IfName, mac, mtu)
+		if errors.Is(err, netdev.ErrNeedsStaging) {
+			log.Debug("direct move refused; staging", "err", err)
+			err = p.withStaging(store, func(temp *netdev.Namespace) error {
+				return netdev.MoveIn(host, temp, pod, dev.Netdev, args.IfName, mac, mtu)
+			})
+		}
+		if err != nil {
 			return typed(types.ErrInternal, fmt.Sprintf("move %s into the pod as %s", dev.Netdev, args.IfName), err)
 		}
 		l, err := pod.Handle.LinkByName(args.IfName)

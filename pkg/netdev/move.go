@@ -6,6 +6,9 @@ import (
 	"net"
 
 	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netlink/nl"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 )
 
 // HostState is what a netdev looked like in the host before a move, and
@@ -60,11 +63,39 @@ func Snapshot(host *Namespace, name string) (HostState, error) {
 	return hs, nil
 }
 
+// ErrNeedsStaging: the one-message move was refused with the link still in
+// its namespace, untouched; do it again with a staging namespace.
+var ErrNeedsStaging = errors.New("the direct move was refused; a staging namespace is needed")
+
+// moveRenamed moves link index from one namespace to another and names it
+// name there, in one RTM_SETLINK (IFLA_NET_NS_FD with IFLA_IFNAME): the
+// kernel moves the link, then renames it in the target, so neither
+// namespace ever sees it under a name it should not have (what a staging
+// namespace is for), at the cost of one namespace change instead of two.
+func moveRenamed(from *Namespace, index int, to *Namespace, name string) error {
+	s, err := nl.GetNetlinkSocketAt(from.NS, netns.None(), unix.NETLINK_ROUTE)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	req := nl.NewNetlinkRequest(unix.RTM_SETLINK, unix.NLM_F_ACK)
+	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
+	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
+	msg.Index = int32(index)
+	req.AddData(msg)
+	req.AddData(nl.NewRtAttr(unix.IFLA_NET_NS_FD, nl.Uint32Attr(uint32(to.NS))))
+	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(name)))
+	_, err = req.Execute(unix.NETLINK_ROUTE, 0)
+	return err
+}
+
 // MoveIn moves host link hostName into pod as ifName: it stores the host
 // name in the alias (so DEL can restore it even if the record is lost),
-// renames the link in the temp namespace (no clash with names in the pod
-// or with udev in the host), moves it into the pod, sets MAC and MTU when
-// given and brings it up. On failure every step is undone.
+// moves the link and renames it in the pod in one message (or, with a temp
+// namespace, renames it there: no clash with names in the pod or with udev
+// in the host), sets MAC and MTU when given and brings it up. On failure
+// every step is undone. Without temp, a refused direct move returns
+// ErrNeedsStaging with the link as it was.
 func MoveIn(host, temp, pod *Namespace, hostName, ifName string, mac net.HardwareAddr, mtu int) (err error) {
 	l, err := host.Handle.LinkByName(hostName)
 	if err != nil {
@@ -86,18 +117,26 @@ func MoveIn(host, temp, pod *Namespace, hostName, ifName string, mac net.Hardwar
 	if err := host.Handle.LinkSetDown(l); err != nil {
 		return fmt.Errorf("set %s down: %w", hostName, err)
 	}
-	if err := host.Handle.LinkSetNsFd(l, int(temp.NS)); err != nil {
-		return fmt.Errorf("move %s to the temp netns: %w", hostName, err)
-	}
-	tl, err := temp.Handle.LinkByName(hostName)
-	if err != nil {
-		return fmt.Errorf("find %s in the temp netns: %w", hostName, err)
-	}
-	if err := temp.Handle.LinkSetName(tl, ifName); err != nil {
-		return fmt.Errorf("rename %s to %s: %w", hostName, ifName, err)
-	}
-	if err := temp.Handle.LinkSetNsFd(tl, int(pod.NS)); err != nil {
-		return fmt.Errorf("move %s into the pod netns: %w", ifName, err)
+	if temp == nil {
+		if err := moveRenamed(host, orig.Index, pod, ifName); err != nil {
+			// Still in the host (one message: all or nothing); the
+			// rollback restores it and the caller stages it.
+			return fmt.Errorf("%w: move %s into the pod as %s: %v", ErrNeedsStaging, hostName, ifName, err)
+		}
+	} else {
+		if err := host.Handle.LinkSetNsFd(l, int(temp.NS)); err != nil {
+			return fmt.Errorf("move %s to the temp netns: %w", hostName, err)
+		}
+		tl, err := temp.Handle.LinkByName(hostName)
+		if err != nil {
+			return fmt.Errorf("find %s in the temp netns: %w", hostName, err)
+		}
+		if err := temp.Handle.LinkSetName(tl, ifName); err != nil {
+			return fmt.Errorf("rename %s to %s: %w", hostName, ifName, err)
+		}
+		if err := temp.Handle.LinkSetNsFd(tl, int(pod.NS)); err != nil {
+			return fmt.Errorf("move %s into the pod netns: %w", ifName, err)
+		}
 	}
 	pl, err := pod.Handle.LinkByName(ifName)
 	if err != nil {
@@ -167,6 +206,17 @@ func MoveOut(host, temp, pod *Namespace, orig HostState, ifName string) error {
 		where = temp
 	} else if l, err = findLink(host, []string{orig.Name, ifName}, orig); err != nil {
 		return fmt.Errorf("%s (host name %s, device %s): %w", ifName, orig.Name, orig.identity(), ErrNotFound)
+	}
+	if where == pod {
+		// One message home, renamed there; refused (the host has a link
+		// of that name) it is still in the pod, and goes the staged way.
+		pod.Handle.LinkSetDown(l)
+		if err := moveRenamed(pod, l.Attrs().Index, host, orig.Name); err == nil {
+			if l, err = host.Handle.LinkByName(orig.Name); err != nil {
+				return fmt.Errorf("find %s in the host: %w", orig.Name, err)
+			}
+			where = host
+		}
 	}
 	if where != host {
 		where.Handle.LinkSetDown(l)
