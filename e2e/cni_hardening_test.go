@@ -11,6 +11,7 @@ import (
 	"time"
 
 	cniconfig "github.com/railnet/railnet/pkg/cni/config"
+	"github.com/railnet/railnet/pkg/netdev"
 	"github.com/railnet/railnet/pkg/state"
 )
 
@@ -290,5 +291,52 @@ func TestCNIRacingAddsForOneDevice(t *testing.T) {
 		if msg, code, _ := runPlugin(t, "DEL", fmt.Sprintf("race%d-%d", round, winner), nss[winner], "net1", conf); code != 0 {
 			t.Fatalf("DEL: %d %s", code, msg)
 		}
+	}
+}
+
+// The staged way (host → staging netns, renamed there → pod), which ADD
+// takes when the kernel refuses the one-message move, still moves and
+// restores a link exactly.
+func TestStagedMove(t *testing.T) {
+	requireRoot(t)
+	tag := randTag()
+	name := "rn" + tag + "s0"
+	if out, err := exec.Command("ip", "link", "add", name, "mtu", "1400", "type", "veth", "peer", "name", name+"p").CombinedOutput(); err != nil {
+		t.Fatalf("%v %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("ip", "link", "del", name+"p").Run() })
+	before, _ := hostLink(t, name)
+	var nss []*netdev.Namespace
+	for _, n := range []string{"rn" + tag + "-pod", "rn" + tag + "-stage"} {
+		if out, err := exec.Command("ip", "netns", "add", n).CombinedOutput(); err != nil {
+			t.Fatalf("%v %s", err, out)
+		}
+		t.Cleanup(func() { exec.Command("ip", "netns", "del", n).Run() })
+		ns, err := netdev.OpenNamespace("/var/run/netns/" + n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ns.Close() })
+		nss = append(nss, ns)
+	}
+	host, err := netdev.OpenNamespace("")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer host.Close()
+	pod, stage := nss[0], nss[1]
+	if err := netdev.MoveIn(host, stage, pod, name, "net1", nil, 1300); err != nil {
+		t.Fatalf("staged MoveIn: %v", err)
+	}
+	l, err := pod.Handle.LinkByName("net1")
+	if err != nil || l.Attrs().MTU != 1300 || l.Attrs().Alias != name {
+		t.Fatalf("in the pod: %v %+v", err, l)
+	}
+	hs := netdev.HostState{Name: before.Name, MAC: before.MAC, MTU: before.MTU, Alias: before.Alias, Up: before.Up}
+	if err := netdev.MoveOut(host, stage, pod, hs, "net1"); err != nil {
+		t.Fatalf("MoveOut: %v", err)
+	}
+	if after, ok := hostLink(t, name); !ok || after.MAC != before.MAC || after.MTU != before.MTU || after.Alias != before.Alias {
+		t.Errorf("home: %+v, was %+v", after, before)
 	}
 }
