@@ -63,8 +63,8 @@ func Snapshot(host *Namespace, name string) (HostState, error) {
 	return hs, nil
 }
 
-// ErrNeedsStaging: the one-message move was refused with the link still in
-// its namespace, untouched; do it again with a staging namespace.
+// ErrNeedsStaging: the one-message move was refused and undone; do it again
+// with a staging namespace.
 var ErrNeedsStaging = errors.New("the direct move was refused; a staging namespace is needed")
 
 // moveRenamed moves link index from one namespace to another and names it
@@ -94,8 +94,8 @@ func moveRenamed(from *Namespace, index int, to *Namespace, name string) error {
 // moves the link and renames it in the pod in one message (or, with a temp
 // namespace, renames it there: no clash with names in the pod or with udev
 // in the host), sets MAC and MTU when given and brings it up. On failure
-// every step is undone. Without temp, a refused direct move returns
-// ErrNeedsStaging with the link as it was.
+// every step is undone. Without temp, a refused direct move is undone and
+// returns ErrNeedsStaging.
 func MoveIn(host, temp, pod *Namespace, hostName, ifName string, mac net.HardwareAddr, mtu int) (err error) {
 	l, err := host.Handle.LinkByName(hostName)
 	if err != nil {
@@ -119,8 +119,10 @@ func MoveIn(host, temp, pod *Namespace, hostName, ifName string, mac net.Hardwar
 	}
 	if temp == nil {
 		if err := moveRenamed(host, orig.Index, pod, ifName); err != nil {
-			// Still in the host (one message: all or nothing); the
-			// rollback restores it and the caller stages it.
+			// Refused: the link is still in the host, or (the rename
+			// failed after the move) in the pod under its host name with
+			// its alias; the rollback finds it either way and restores it,
+			// and the caller stages it.
 			return fmt.Errorf("%w: move %s into the pod as %s: %v", ErrNeedsStaging, hostName, ifName, err)
 		}
 	} else {
