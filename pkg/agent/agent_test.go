@@ -3,10 +3,12 @@ package agent_test
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -346,4 +348,48 @@ func doctorFindings(t *testing.T, e *env) []string {
 	}
 	slices.Sort(got)
 	return got
+}
+
+// Each doctor finding is logged once, when it first appears, not on every
+// scan.
+func TestDoctorLogsNewFindingsOnce(t *testing.T) {
+	_, tree := fakesystest.Build(t, "doctor-planted")
+	sys, _ := sysfs.New(tree.Sys)
+	defer sys.Close()
+	dev, _ := sysfs.New(tree.Dev)
+	defer dev.Close()
+	var logs lockedBuffer
+	kdir := t.TempDir()
+	mgr := deviceplugin.NewManager(deviceplugin.Options{KubeletDir: kdir, DevInfoDir: "-"})
+	defer mgr.Close()
+	a, err := agent.New(agent.Options{Sys: sys, Dev: dev, Manager: mgr, Metrics: deviceplugin.NewMetrics(),
+		Logger: slog.New(slog.NewJSONHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := a.Rescan(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := strings.Count(logs.String(), `"msg":"doctor: link trained at 16.0 GT/s PCIe x16`); n != 1 {
+		t.Errorf("the pcie-link finding was logged %d times over 3 scans, want once:\n%s", n, logs.String())
+	}
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
