@@ -131,3 +131,24 @@ func startToRegistered(b *testing.B, config string, resources ...string) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkReregisterAfterKubeletRestart: from a kubelet restart (its
+// socket created anew) to every one of vf-scale's 8 rail pools registered
+// again.
+func BenchmarkReregisterAfterKubeletRestart(b *testing.B) {
+	e := start(b, "vf-scale", `{"railPools": true}`)
+	b.Cleanup(e.stop)
+	rails := make([]string, 8)
+	for i := range rails {
+		rails[i] = fmt.Sprintf("railnet.io/rail%d", i)
+	}
+	for _, r := range rails {
+		e.kubelet.WaitRegistration(b, r, 10*time.Second)
+	}
+	for b.Loop() {
+		e.kubelet.Restart(b)
+		for _, r := range rails {
+			e.kubelet.WaitRegistration(b, r, 10*time.Second)
+		}
+	}
+}
