@@ -85,6 +85,8 @@ fuzz-short:
 
 bench: build cni-plugins
 	TMPDIR=$(TESTTMP) RAILNET_CNI_PLUGINS=$(CURDIR)/$(BIN)/cni $(GO) test -run='^$$' -bench=. -benchmem -count=1 ./...
+	@[ -f /usr/share/misc/pci.ids ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq pci.ids >/dev/null; }
+	cd e2e/ghwbench && $(GO) run . -n 20 ../../testdata/fixtures/vf-scale.json
 
 lint:
 	$(GO) vet ./...
