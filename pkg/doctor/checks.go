@@ -52,7 +52,7 @@ func (d *doc) pcieLink() {
 	}
 	degraded := map[string]hop{}
 	slowest := map[string][]string{} // bdf → pairs it is the slowest hop of
-	for _, p := range d.railPairs() {
+	for _, p := range d.pairs {
 		var worst *hop
 		for _, anc := range [][]string{p.gpu.Ancestry, p.nic.Ancestry} {
 			for i := max(common(p.gpu.Ancestry, p.nic.Ancestry)-1, 1); i < len(anc); i++ {
@@ -133,7 +133,7 @@ func ACSControl(config []byte) (ctl uint16, ok bool, err error) {
 
 // acs: switch ports between a GPU and a NIC of one PIX/PXB rail.
 func (d *doc) acs() {
-	for _, p := range d.railPairs() {
+	for _, p := range d.pairs {
 		if p.class != topology.PIX && p.class != topology.PXB {
 			continue
 		}
@@ -190,7 +190,7 @@ func (d *doc) iommu() {
 	for _, g := range d.inv.GPUs {
 		check(g.Name, &g.PCIDevice)
 	}
-	for _, p := range d.railPairs() {
+	for _, p := range d.pairs {
 		check(topology.NICName(p.nic), &p.nic.PCIDevice)
 	}
 }
@@ -213,7 +213,7 @@ func (d *doc) gpudirect() {
 func (d *doc) railConsistency() {
 	type attrs struct{ rate, mtu, layer string }
 	byClass := map[topology.Class][]*discovery.NIC{}
-	for _, r := range d.gpuRails() {
+	for _, r := range d.rails {
 		for _, nn := range r.NICs {
 			if n := d.nics[nn]; n != nil {
 				byClass[r.Class] = append(byClass[r.Class], n)

@@ -60,6 +60,8 @@ func Run(o Options, inv *discovery.Inventory, topo *topology.Topology) []Finding
 	for _, n := range inv.NICs {
 		d.nics[topology.NICName(n)] = n
 	}
+	d.rails = d.gpuRails()
+	d.pairs = d.railPairs()
 	d.pcieLink()
 	d.acs()
 	d.iommu()
@@ -91,11 +93,13 @@ func ExitCode(fs []Finding) int {
 }
 
 type doc struct {
-	o    Options
-	inv  *discovery.Inventory
-	topo *topology.Topology
-	nics map[string]*discovery.NIC // matrix column name → NIC
-	out  []Finding
+	o     Options
+	inv   *discovery.Inventory
+	topo  *topology.Topology
+	nics  map[string]*discovery.NIC // matrix column name → NIC
+	rails []topology.Rail           // the GPU rails (gpuRails)
+	pairs []pair                    // their GPU↔NIC pairs (railPairs)
+	out   []Finding
 }
 
 func (d *doc) add(sev, check, dev, found, want, fix string) {
@@ -124,7 +128,7 @@ type pair struct {
 // NICs farther away (storage, management) carry no GPUDirect traffic.
 func (d *doc) railPairs() []pair {
 	var out []pair
-	for _, r := range d.gpuRails() {
+	for _, r := range d.rails {
 		for _, gn := range r.GPUs {
 			g := d.gpu(gn)
 			for _, nn := range r.NICs {
