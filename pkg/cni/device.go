@@ -20,6 +20,7 @@ type Device struct {
 	RDMA    string // RDMA device on this function
 	PFMTU   int
 	IB      bool // InfiniBand link layer
+	PKey    uint16 // an IPoIB netdev's partition key (sysfs "pkey"), 0 if none
 }
 
 // userspaceDrivers own a function without a netdev: the device is handed
@@ -57,6 +58,11 @@ func resolveDevice(sys *sysfs.FS, deviceID string) (*Device, error) {
 		d.Netdev = names[0]
 		if t, err := sys.ReadInt(dir + "/net/" + names[0] + "/type"); err == nil && t == 32 {
 			d.IB = true
+			if s, err := sys.ReadString(dir + "/net/" + names[0] + "/pkey"); err == nil {
+				if v, err := strconv.ParseUint(strings.TrimSpace(s), 0, 16); err == nil {
+					d.PKey = uint16(v)
+				}
+			}
 		}
 	}
 	if names, err := sys.ReadNames(dir + "/infiniband"); err == nil && len(names) > 0 {

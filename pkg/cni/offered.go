@@ -19,8 +19,9 @@ import (
 // plugin advertises (a root-owned device-info file in its directory), what
 // the node file lists in allowDevices, or anything where it sets
 // allowUnadvertisedDevices. A whole netdev that carries the host's traffic
-// (a global address or a default route) is refused unless listed.
-func offered(node config.Node, deviceID string, dev *Device) error {
+// (a global address or a default route) is refused unless listed, when it
+// would move (whole); a child link leaves it where it is.
+func offered(node config.Node, deviceID string, dev *Device, whole bool) error {
 	listed := slices.Contains(node.AllowDevices, deviceID) || slices.Contains(node.AllowDevices, dev.BDF)
 	if !listed && !node.AllowUnadvertisedDevices {
 		dir := node.DevInfoDir
@@ -35,7 +36,7 @@ func offered(node config.Node, deviceID string, dev *Device) error {
 			return config.Error("deviceID", "%s is not a device this node offers: no device plugin advertises it (no device-info file in %s) and %s does not allow it", deviceID, dir, config.DefaultNodeFile)
 		}
 	}
-	if !dev.IsVF && dev.Netdev != "" && !listed {
+	if whole && !dev.IsVF && dev.Netdev != "" && !listed {
 		if why := hostTraffic(dev.Netdev); why != "" {
 			return config.Error("deviceID", "%s (%s) carries the host's traffic (%s): a node must list it in allowDevices to attach it", deviceID, dev.Netdev, why)
 		}

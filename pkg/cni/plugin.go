@@ -4,7 +4,6 @@ package cni
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -20,12 +19,9 @@ import (
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
-	"github.com/containernetworking/plugins/pkg/ipam"
-	"github.com/containernetworking/plugins/pkg/ns"
 	"golang.org/x/sys/unix"
 
 	"github.com/railnet/railnet/pkg/cni/config"
-	"github.com/railnet/railnet/pkg/deviceinfo"
 	"github.com/railnet/railnet/pkg/netdev"
 	"github.com/railnet/railnet/pkg/state"
 	"github.com/railnet/railnet/pkg/sysfs"
@@ -36,6 +32,8 @@ import (
 type Plugin struct {
 	// VF programs VFs on their PF; nil: netlink in the host namespace.
 	VF func(host *netdev.Namespace) netdev.VFConfigurer
+	// Children creates child links (shared attachments); nil: netlink.
+	Children netdev.ChildLinks
 	// Stderr receives logs when the netconf names no logFile.
 	Stderr io.Writer
 	// LockTimeout bounds the wait for a device held by another operation.
@@ -49,6 +47,13 @@ func (p *Plugin) Funcs() skel.CNIFuncs {
 
 // Versions are the spec versions railnet speaks.
 var Versions = version.PluginSupports("0.3.1", "0.4.0", "1.0.0", "1.1.0")
+
+func (p *Plugin) children() netdev.ChildLinks {
+	if p.Children != nil {
+		return p.Children
+	}
+	return netdev.NetlinkChildren{}
+}
 
 func (p *Plugin) vf(host *netdev.Namespace) netdev.VFConfigurer {
 	if p.VF != nil {
@@ -183,239 +188,6 @@ func openPod(path string) (*netdev.Namespace, error) {
 	return nil, typed(types.ErrInvalidEnvironmentVariables, "cannot open netns "+path, err)
 }
 
-// Add attaches the device. Every step is undone when a later one fails.
-func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
-	conf, err := config.Parse(args.StdinData)
-	if err != nil {
-		return err
-	}
-	log, done := p.logger(conf, args, "ADD")
-	defer done()
-	defer func() {
-		if err != nil {
-			log.Error("ADD failed", "err", err)
-		}
-	}()
-	deviceID, err := conf.Device()
-	if err != nil {
-		return err
-	}
-	sys, err := sysfs.New(conf.Root())
-	if err != nil {
-		return config.Error("sysfsRoot", "%v", err)
-	}
-	defer sys.Close()
-	dev, err := resolveDevice(sys, deviceID)
-	if err != nil {
-		return config.Error("deviceID", "%v", err)
-	}
-	if err := offered(conf.Node(), deviceID, dev); err != nil {
-		return err
-	}
-	if _, err := conf.DeviceInfoFile(); err != nil {
-		return err // refused before anything is touched
-	}
-	if conf.MTU != nil && dev.IsVF && dev.PFMTU > 0 && *conf.MTU > dev.PFMTU {
-		return config.Error("mtu", "%d is above the MTU %d of PF %s", *conf.MTU, dev.PFMTU, dev.PF)
-	}
-	if f := vfOnlyField(conf); f != "" && !dev.IsVF {
-		return config.Error(f, "%s is not a VF; this setting is programmed on a VF through its PF", dev.BDF)
-	}
-	settings := vfSettings(conf, dev)
-	if !settings.Empty() && dev.PF == "" {
-		return config.Error("deviceID", "VF %s: its PF has no netdev to program the VF through", dev.BDF)
-	}
-	if conf.IPAM.Type != "" {
-		// Found before anything is touched: a missing IPAM plugin is a
-		// config error, not a half-done attachment.
-		if _, err := invoke.FindInPath(conf.IPAM.Type, filepath.SplitList(os.Getenv("CNI_PATH"))); err != nil {
-			return config.Error("ipam.type", "plugin %q is not in CNI_PATH (%s)", conf.IPAM.Type, os.Getenv("CNI_PATH"))
-		}
-	}
-	store, err := state.Open(conf.State())
-	if err != nil {
-		return typed(types.ErrIOFailure, "state directory "+conf.State()+" is not usable", err)
-	}
-	if err := store.Writable(); err != nil {
-		return typed(types.ErrIOFailure, "state directory "+conf.State()+" is not writable", err)
-	}
-	pod, err := openPod(args.Netns)
-	if err != nil {
-		return err
-	}
-	defer pod.Close()
-	host, err := netdev.OpenNamespace("")
-	if err != nil {
-		return typed(types.ErrInternal, "open the host netns", err)
-	}
-	defer host.Close()
-
-	lock, err := store.LockDevice(dev.BDF, p.lockTimeout())
-	if err != nil {
-		return typed(types.ErrTryAgainLater, "device "+dev.BDF+" is busy", err)
-	}
-	defer lock.Unlock()
-	if held, err := store.ByBDF(dev.BDF); err == nil {
-		if held.ContainerID != args.ContainerID || held.IfName != args.IfName {
-			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("device %s is in use by container %s (%s)", dev.BDF, held.ContainerID, held.IfName), "")
-		}
-		// The same attachment again (a runtime retrying after a crash):
-		// take the old one apart first.
-		if err := p.teardown(log, store, host, held); err != nil {
-			return typed(types.ErrTryAgainLater, "cleaning a previous attachment of "+dev.BDF, err)
-		}
-	}
-	if dev.Netdev == "" && !dev.Userspace() {
-		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("device %s has no netdev in the host network namespace (in use by a pod, or its driver is not loaded)", dev.BDF), "")
-	}
-
-	rec := &state.Record{ContainerID: args.ContainerID, IfName: args.IfName, Netns: args.Netns, Network: conf.Name,
-		Created: time.Now().UTC(), Phase: state.PhaseReserved, DeviceID: deviceID, BDF: dev.BDF, PF: dev.PF,
-		VFIndex: dev.VFIndex, Driver: dev.Driver, Config: args.StdinData, CNIPath: os.Getenv("CNI_PATH")}
-	rec.PodNamespace, rec.PodName, rec.PodUID = podIdentity(args.Args)
-	if dev.Netdev != "" {
-		hs, err := netdev.Snapshot(host, dev.Netdev)
-		if err != nil {
-			return types.NewError(types.ErrTryAgainLater, fmt.Sprintf("device %s: netdev %s is not in the host network namespace", dev.BDF, dev.Netdev), err.Error())
-		}
-		rec.HostName, rec.HostMAC, rec.HostMTU, rec.HostAlias, rec.HostUp = hs.Name, hs.MAC, hs.MTU, hs.Alias, hs.Up
-		rec.HostParent, rec.HostIndex = hs.Parent, hs.Index
-	}
-	// The record exists before anything is touched: a crash from here on
-	// leaves what DEL or GC needs to put everything back.
-	if err := store.Save(rec); err != nil {
-		return typed(types.ErrIOFailure, "write the attachment record", err)
-	}
-	defer func() {
-		if err != nil {
-			if terr := p.teardown(log, store, host, rec); terr != nil {
-				log.Error("rollback incomplete; DEL or GC will retry", "err", terr)
-			}
-		}
-	}()
-
-	if !settings.Empty() {
-		orig, err := p.vf(host).Get(dev.PF, dev.VFIndex)
-		if err != nil {
-			return typed(types.ErrInternal, fmt.Sprintf("read VF %d of %s", dev.VFIndex, dev.PF), err)
-		}
-		rec.VFOrig, rec.Phase = &orig, state.PhaseVFConfig
-		if err := store.Save(rec); err != nil {
-			return typed(types.ErrIOFailure, "write the attachment record", err)
-		}
-		if err := p.vf(host).Set(dev.PF, dev.VFIndex, settings); err != nil {
-			return typed(types.ErrInternal, fmt.Sprintf("configure VF %d on %s", dev.VFIndex, dev.PF), err)
-		}
-	}
-
-	result := &current.Result{CNIVersion: current.ImplementedSpecVersion}
-	iface := &current.Interface{Name: args.IfName, PciID: dev.BDF}
-	if dev.Netdev != "" {
-		// The RDMA device goes first: if it cannot move (rxe), nothing else
-		// has, and a netdev move would take an rxe device down with it.
-		if err := p.moveRDMA(log, conf, dev, host, pod, rec, store); err != nil {
-			return err
-		}
-		rec.TempNetns, rec.Phase = store.StagingPath(), state.PhaseMoving
-		if err := store.Save(rec); err != nil {
-			return typed(types.ErrIOFailure, "write the attachment record", err)
-		}
-		mtu := 0
-		if conf.MTU != nil {
-			mtu = *conf.MTU
-		}
-		mac := conf.HardwareAddr()
-		if dev.IsVF && len(settings.MAC) > 0 {
-			mac = nil // the VF MAC is set through the PF; the netdev follows it
-		}
-		// One message moves and renames it (one namespace change); the
-		// staging namespace only when the kernel refuses that.
-		err = netdev.MoveIn(host, nil, pod, dev.Netdev, args.IfName, mac, mtu)
-		if errors.Is(err, netdev.ErrNeedsStaging) {
-			log.Debug("direct move refused; staging", "err", err)
-			err = p.withStaging(store, func(temp *netdev.Namespace) error {
-				return netdev.MoveIn(host, temp, pod, dev.Netdev, args.IfName, mac, mtu)
-			})
-		}
-		if err != nil {
-			return typed(types.ErrInternal, fmt.Sprintf("move %s into the pod as %s", dev.Netdev, args.IfName), err)
-		}
-		l, err := pod.Handle.LinkByName(args.IfName)
-		if err != nil {
-			return typed(types.ErrInternal, "find "+args.IfName+" in the pod", err)
-		}
-		rec.TempNetns = ""
-		if rec.HostParent == "" {
-			rec.HostIndex = l.Attrs().Index // a move keeps the ifindex unless it is taken
-		}
-		if err := store.Save(rec); err != nil {
-			return typed(types.ErrIOFailure, "write the attachment record", err)
-		}
-		iface.Mac, iface.Mtu, iface.Sandbox = l.Attrs().HardwareAddr.String(), l.Attrs().MTU, args.Netns
-	}
-	result.Interfaces = []*current.Interface{iface}
-
-	if conf.IPAM.Type != "" {
-		rec.Phase = state.PhaseIPAM
-		if err := store.Save(rec); err != nil {
-			return typed(types.ErrIOFailure, "write the attachment record", err)
-		}
-		r, err := delegate(args, "ADD", conf.IPAM.Type)
-		if err != nil {
-			return asCNI(err, types.ErrInternal, "IPAM "+conf.IPAM.Type)
-		}
-		ipr, err := current.NewResultFromResult(r)
-		if err != nil {
-			return typed(types.ErrDecodingFailure, "IPAM result", err)
-		}
-		if len(ipr.IPs) == 0 && !dev.Userspace() {
-			return types.NewError(types.ErrInternal, "IPAM "+conf.IPAM.Type+" returned no address", "")
-		}
-		for _, ip := range ipr.IPs {
-			ip.Interface = current.Int(0)
-		}
-		result.IPs, result.Routes, result.DNS = ipr.IPs, ipr.Routes, ipr.DNS
-		if dev.Netdev != "" {
-			podNS, err := ns.GetNS(args.Netns)
-			if err != nil {
-				return typed(types.ErrInternal, "open the pod netns", err)
-			}
-			err = podNS.Do(func(ns.NetNS) error {
-				if err := ipam.ConfigureIface(args.IfName, result); err != nil {
-					return err
-				}
-				announce(log, args.IfName, result)
-				return nil
-			})
-			podNS.Close()
-			if err != nil {
-				return typed(types.ErrInternal, "configure addresses on "+args.IfName, err)
-			}
-		}
-	}
-	if f, err := conf.DeviceInfoFile(); err != nil {
-		return err
-	} else if f != "" {
-		if err := os.MkdirAll(filepath.Dir(f), 0o755); err != nil {
-			return typed(types.ErrIOFailure, "write runtimeConfig.CNIDeviceInfoFile", err)
-		}
-		pfAddr := ""
-		if dev.IsVF {
-			pfAddr = dev.PFBDF
-		}
-		b, _ := json.Marshal(deviceinfo.NewPCI(dev.BDF, dev.RDMA, pfAddr))
-		if err := deviceinfo.WriteFile(f, b); err != nil {
-			return typed(types.ErrIOFailure, "write runtimeConfig.CNIDeviceInfoFile", err)
-		}
-	}
-	rec.Phase = state.PhaseDone
-	if err := store.Save(rec); err != nil {
-		return typed(types.ErrIOFailure, "write the attachment record", err)
-	}
-	log.Info("attached", "device", dev.BDF, "hostName", rec.HostName, "vf", dev.VFIndex)
-	return types.PrintResult(result, conf.CNIVersion)
-}
-
 func (p *Plugin) lockTimeout() time.Duration {
 	if p.LockTimeout > 0 {
 		return p.LockTimeout
@@ -509,9 +281,9 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 		return typed(types.ErrInternal, "open the host netns", err)
 	}
 	defer host.Close()
-	lock, err := store.LockDevice(rec.BDF, p.lockTimeout())
+	lock, err := store.LockRecord(rec, p.lockTimeout())
 	if err != nil {
-		return typed(types.ErrTryAgainLater, "device "+rec.BDF+" is busy", err)
+		return typed(types.ErrTryAgainLater, "device "+rec.DeviceID+" is busy", err)
 	}
 	defer lock.Unlock()
 	if err := p.teardown(log, store, host, rec); err != nil {
@@ -519,68 +291,6 @@ func (p *Plugin) Del(args *skel.CmdArgs) error {
 	}
 	log.Info("detached", "device", rec.BDF, "hostName", rec.HostName)
 	return nil
-}
-
-// teardown undoes an attachment as far as its record says it got, then
-// deletes the record. The device lock must be held.
-func (p *Plugin) teardown(log *slog.Logger, store *state.Store, host *netdev.Namespace, rec *state.Record) error {
-	var errs []error
-	var pod *netdev.Namespace
-	if rec.Netns != "" {
-		if n, err := netdev.OpenNamespace(rec.Netns); err == nil {
-			pod = n
-			defer pod.Close()
-		}
-	}
-	if rec.RDMAMoved && pod != nil {
-		if err := rdmaBack(rec.RDMA, pod, host); err != nil {
-			errs = append(errs, err)
-		}
-	}
-	if rec.HostName != "" && rec.Phase != state.PhaseReserved && rec.Phase != state.PhaseVFConfig {
-		err := p.withStaging(store, func(temp *netdev.Namespace) error {
-			return netdev.MoveOut(host, temp, pod, netdev.HostState{Name: rec.HostName, MAC: rec.HostMAC, MTU: rec.HostMTU,
-				Alias: rec.HostAlias, Up: rec.HostUp, Parent: rec.HostParent, Index: rec.HostIndex}, rec.IfName)
-		})
-		switch {
-		case errors.Is(err, netdev.ErrNotFound) && pod == nil:
-			// The pod's namespace is gone and took a virtual device with it.
-			log.Warn("netdev not found; the pod netns is gone", "hostName", rec.HostName)
-		case err != nil:
-			errs = append(errs, err)
-		}
-	}
-	if rec.VFOrig != nil && rec.PF != "" {
-		if err := p.vf(host).Restore(rec.PF, rec.VFIndex, *rec.VFOrig); err != nil {
-			errs = append(errs, fmt.Errorf("restore VF %d on %s: %w", rec.VFIndex, rec.PF, err))
-		}
-	}
-	if conf, err := config.Recorded(rec.Config); err == nil {
-		if conf.IPAM.Type != "" && rec.Phase == state.PhaseIPAM {
-			// ADD died while its IPAM plugin ran; that plugin may still
-			// be allocating. Releasing before it finishes would leak the
-			// address it is about to write.
-			if err := waitForOrphans(rec.ContainerID, rec.IfName, 30*time.Second); err != nil {
-				errs = append(errs, err)
-			}
-		}
-		if conf.IPAM.Type != "" {
-			if err := ipamDel(conf.IPAM.Type, rec); err != nil {
-				errs = append(errs, fmt.Errorf("IPAM DEL: %w", err))
-			}
-		}
-		if f, err := conf.DeviceInfoFile(); err != nil {
-			log.Warn("not removing runtimeConfig.CNIDeviceInfoFile", "err", err)
-		} else if f != "" {
-			if err := os.Remove(f); err != nil && !errors.Is(err, os.ErrNotExist) {
-				errs = append(errs, err)
-			}
-		}
-	}
-	if len(errs) > 0 {
-		return errors.Join(errs...)
-	}
-	return store.Delete(rec.ContainerID, rec.IfName)
 }
 
 // delegate runs the IPAM plugin for this invocation with the arguments it
@@ -663,100 +373,6 @@ func ipamDel(plugin string, rec *state.Record) error {
 	ctx, cancel := ipamContext()
 	defer cancel()
 	return ipamErr(ctx, plugin, invoke.ExecPluginWithoutResult(ctx, pluginPath, rec.Config, a, nil))
-}
-
-// Check compares the live attachment with prevResult and the netconf.
-func (p *Plugin) Check(args *skel.CmdArgs) error {
-	conf, err := config.Parse(args.StdinData)
-	if err != nil {
-		return err
-	}
-	log, done := p.logger(conf, args, "CHECK")
-	defer done()
-	prev, err := prevResult(conf)
-	if err != nil {
-		return err
-	}
-	store, err := state.Open(conf.State())
-	if err != nil {
-		return typed(types.ErrIOFailure, "state directory", err)
-	}
-	rec, err := store.Load(args.ContainerID, args.IfName)
-	if err != nil {
-		return typed(types.ErrUnknownContainer, "no railnet attachment "+args.ContainerID+"/"+args.IfName, err)
-	}
-	if rec.Phase != state.PhaseDone {
-		return types.NewError(types.ErrTryAgainLater, "attachment is incomplete (phase "+rec.Phase+")", "")
-	}
-	if conf.IPAM.Type != "" {
-		if _, err := delegate(args, "CHECK", conf.IPAM.Type); err != nil {
-			return asCNI(err, types.ErrInternal, "IPAM CHECK")
-		}
-	}
-	host, err := netdev.OpenNamespace("")
-	if err != nil {
-		return typed(types.ErrInternal, "open the host netns", err)
-	}
-	defer host.Close()
-	if rec.VFOrig != nil {
-		var dev Device
-		dev.IsVF, dev.VFIndex, dev.PF = true, rec.VFIndex, rec.PF
-		want := vfSettings(conf, &dev)
-		got, err := p.vf(host).Get(rec.PF, rec.VFIndex)
-		if err != nil {
-			return typed(types.ErrInternal, "read VF settings", err)
-		}
-		if err := compareVF(want, got); err != nil {
-			return typed(types.ErrInternal, fmt.Sprintf("VF %d on %s", rec.VFIndex, rec.PF), err)
-		}
-	}
-	if rec.HostName == "" {
-		return nil // userspace driver: nothing in the pod's netns
-	}
-	pod, err := openPod(args.Netns)
-	if err != nil {
-		return err
-	}
-	defer pod.Close()
-	l, err := pod.Handle.LinkByName(args.IfName)
-	if err != nil {
-		return typed(types.ErrInternal, args.IfName+" is not in the pod netns", err)
-	}
-	idx := -1
-	for i, ifc := range prev.Interfaces {
-		if ifc.Name == args.IfName && (ifc.Sandbox == "" || ifc.Sandbox == args.Netns) {
-			idx = i
-			if ifc.Mac != "" && !strings.EqualFold(ifc.Mac, l.Attrs().HardwareAddr.String()) {
-				return types.NewError(types.ErrInternal, fmt.Sprintf("%s has MAC %s, prevResult says %s", args.IfName, l.Attrs().HardwareAddr, ifc.Mac), "")
-			}
-			if ifc.Mtu != 0 && ifc.Mtu != l.Attrs().MTU {
-				return types.NewError(types.ErrInternal, fmt.Sprintf("%s has MTU %d, prevResult says %d", args.IfName, l.Attrs().MTU, ifc.Mtu), "")
-			}
-		}
-	}
-	if idx < 0 {
-		return types.NewError(types.ErrInternal, "prevResult has no interface "+args.IfName, "")
-	}
-	addrs, err := pod.Handle.AddrList(l, 0)
-	if err != nil {
-		return typed(types.ErrInternal, "list addresses of "+args.IfName, err)
-	}
-	for _, ip := range prev.IPs {
-		if ip.Interface != nil && *ip.Interface != idx {
-			continue
-		}
-		found := false
-		for _, a := range addrs {
-			if a.IPNet.IP.Equal(ip.Address.IP) && a.IPNet.Mask.String() == ip.Address.Mask.String() {
-				found = true
-			}
-		}
-		if !found {
-			return types.NewError(types.ErrInternal, fmt.Sprintf("%s lacks address %s", args.IfName, ip.Address.String()), "")
-		}
-	}
-	log.Debug("check passed")
-	return nil
 }
 
 func compareVF(want netdev.VFSettings, got state.VFState) error {
@@ -851,7 +467,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		if rec.Network != conf.Name || valid[rec.ContainerID+"\x00"+rec.IfName] {
 			continue
 		}
-		lock, err := store.LockDevice(rec.BDF, p.lockTimeout())
+		lock, err := store.LockRecord(rec, p.lockTimeout())
 		if err != nil {
 			errs = append(errs, err)
 			continue
@@ -861,7 +477,7 @@ func (p *Plugin) GC(args *skel.CmdArgs) error {
 		// have passed since. Only the record as it is now, under the lock,
 		// may be undone.
 		cur, err := store.Load(rec.ContainerID, rec.IfName)
-		if err != nil || !cur.Created.Equal(rec.Created) || cur.BDF != rec.BDF {
+		if err != nil || !cur.Created.Equal(rec.Created) || cur.DeviceID != rec.DeviceID {
 			rl.Info("GC skips a record that changed or vanished", "device", rec.BDF)
 			lock.Unlock()
 			continue

@@ -28,6 +28,7 @@ const (
 	PhaseReserved = "reserved"  // record written, nothing touched
 	PhaseVFConfig = "vf-config" // VF settings being applied on the PF
 	PhaseMoving   = "moving"    // netdev between host, temp netns and pod
+	PhaseChild    = "child"     // child link being created in the pod netns
 	PhaseIPAM     = "ipam"      // IPAM ADD in progress
 	PhaseDone     = "done"      // ADD returned success
 )
@@ -81,11 +82,33 @@ type Record struct {
 	HostUp     bool   `json:"hostUp,omitempty"`
 	TempNetns  string `json:"tempNetns,omitempty"` // where the netdev is renamed
 
+	// Attach is how the device reached the pod: "" or "move" (the netdev
+	// itself), or a child link of it ("macvlan", "ipvlan", "ipoib").
+	Attach string `json:"attach,omitempty"`
+	// Child is the child link, for attach other than move.
+	Child *Child `json:"child,omitempty"`
+
 	VFOrig    *VFState `json:"vfOrig,omitempty"`    // VF settings before ADD
 	RDMAMoved bool     `json:"rdmaMoved,omitempty"` // exclusive mode: moved into the pod
 
 	Config []byte `json:"config"` // the netconf ADD got (DEL and GC reuse it)
 }
+
+// Child is a child link created for a shared attachment. DEL finds it by
+// its alias, whatever it is called and wherever it is.
+type Child struct {
+	Kind        string `json:"kind"`
+	Parent      string `json:"parent"`      // the HCA's netdev in the host
+	ParentIndex int    `json:"parentIndex"` // its ifindex then
+	Alias       string `json:"alias"`
+	TempName    string `json:"tempName"` // the name it is created under
+	Mode        string `json:"mode,omitempty"`
+	PKey        uint16 `json:"pkey,omitempty"`
+}
+
+// Shared reports whether the record is a child link on a shared device
+// (which other attachments may share), not the device itself.
+func (r *Record) Shared() bool { return r.Attach != "" && r.Attach != "move" }
 
 // Store is a state directory.
 type Store struct{ dir string }
@@ -220,6 +243,30 @@ func (s *Store) List() ([]*Record, []error) {
 	return out, errs
 }
 
+// ByDeviceID returns the record that holds deviceID (a device or a shared
+// slot), if any.
+func (s *Store) ByDeviceID(id string) (*Record, error) {
+	recs, _ := s.List()
+	for _, r := range recs {
+		if r.DeviceID == id {
+			return r, nil
+		}
+	}
+	return nil, os.ErrNotExist
+}
+
+// SharedOn returns the records of child links on the device bdf.
+func (s *Store) SharedOn(bdf string) []*Record {
+	recs, _ := s.List()
+	var out []*Record
+	for _, r := range recs {
+		if r.BDF == bdf && r.Shared() {
+			out = append(out, r)
+		}
+	}
+	return out
+}
+
 // ByBDF returns the record that holds the device, if any.
 func (s *Store) ByBDF(bdf string) (*Record, error) {
 	recs, _ := s.List()
@@ -232,10 +279,53 @@ func (s *Store) ByBDF(bdf string) (*Record, error) {
 }
 
 // Lock is a held per-device lock.
-type Lock struct{ f *os.File }
+type Lock struct {
+	f    *os.File
+	next *Lock // released with it
+}
 
 // LockDevice takes the device's lock, waiting up to timeout.
 func (s *Store) LockDevice(bdf string, timeout time.Duration) (*Lock, error) {
+	return s.lock(bdf, unix.LOCK_EX, timeout)
+}
+
+// LockDeviceShared takes the device's lock shared: attachments of child
+// links hold it so, and each its slot's lock exclusively, so they run
+// side by side but never while the device itself moves.
+func (s *Store) LockDeviceShared(bdf string, timeout time.Duration) (*Lock, error) {
+	return s.lock(bdf, unix.LOCK_SH, timeout)
+}
+
+// LockRecord takes the locks an operation on rec needs: the device's
+// exclusively, or, for a child link, the device's shared and the slot's
+// exclusively. Unlock releases both.
+func (s *Store) LockRecord(r *Record, timeout time.Duration) (*Lock, error) {
+	if !r.Shared() {
+		return s.LockDevice(r.BDF, timeout)
+	}
+	return s.LockSlot(r.BDF, r.DeviceID, timeout)
+}
+
+// LockSlot takes bdf's lock shared and slot's exclusively.
+func (s *Store) LockSlot(bdf, slot string, timeout time.Duration) (*Lock, error) {
+	dev, err := s.LockDeviceShared(bdf, timeout)
+	if err != nil {
+		return nil, err
+	}
+	key := slot
+	if key == bdf {
+		key = bdf + "#child"
+	}
+	l, err := s.LockDevice(key, timeout)
+	if err != nil {
+		dev.Unlock()
+		return nil, err
+	}
+	l.next = dev
+	return l, nil
+}
+
+func (s *Store) lock(bdf string, how int, timeout time.Duration) (*Lock, error) {
 	p := filepath.Join(s.dir, "locks", strings.ReplaceAll(bdf, "/", "_")+".lock")
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|unix.O_NOFOLLOW, 0o600)
 	if err != nil {
@@ -243,7 +333,7 @@ func (s *Store) LockDevice(bdf string, timeout time.Duration) (*Lock, error) {
 	}
 	deadline := time.Now().Add(timeout)
 	for {
-		err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+		err := unix.Flock(int(f.Fd()), how|unix.LOCK_NB)
 		if err == nil {
 			return &Lock{f: f}, nil
 		}
@@ -264,6 +354,10 @@ func (l *Lock) Unlock() {
 		unix.Flock(int(l.f.Fd()), unix.LOCK_UN)
 		l.f.Close()
 		l.f = nil
+	}
+	if l != nil && l.next != nil {
+		l.next.Unlock()
+		l.next = nil
 	}
 }
 

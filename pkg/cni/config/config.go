@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 
 	"github.com/containernetworking/cni/pkg/types"
@@ -210,6 +211,15 @@ type NetConf struct {
 	MaxTxRate *int    `json:"max_tx_rate,omitempty"`
 	MTU       *int    `json:"mtu,omitempty"`
 	RDMA      string  `json:"rdma,omitempty"` // "auto" (default) | "off"
+
+	// Attach: "move" the device itself into the pod, or give the pod a
+	// child link of it ("macvlan", "ipvlan", "ipoib"); the default is move
+	// for a device, and for a shared slot (BDF#k) macvlan on Ethernet,
+	// ipoib on InfiniBand.
+	Attach      string `json:"attach,omitempty"`
+	MacvlanMode string `json:"macvlanMode,omitempty"` // bridge (default) | private | vepa | passthru
+	IPVlanMode  string `json:"ipvlanMode,omitempty"`  // l2 (default) | l3 | l3s
+	PKey        *PKey  `json:"pkey,omitempty"`        // IPoIB partition: 0x0001-0x7fff
 	LogLevel  string  `json:"logLevel,omitempty"`
 
 	// Host paths: node settings, refused here unless the node allows them.
@@ -233,6 +243,41 @@ type RuntimeConfig struct {
 	Bandwidth         any      `json:"bandwidth,omitempty"`
 }
 
+// Attach modes.
+const (
+	AttachMove    = "move"
+	AttachMacvlan = "macvlan"
+	AttachIPVlan  = "ipvlan"
+	AttachIPoIB   = "ipoib"
+)
+
+// PKey is an InfiniBand partition key, written as a number or a string
+// ("0x7fff"); the full-membership bit (0x8000) may be given or not.
+type PKey uint16
+
+// UnmarshalJSON reads 32767, "32767", "0x7fff" or "0xffff".
+func (k *PKey) UnmarshalJSON(b []byte) error {
+	var v uint64
+	var err error
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		v, err = strconv.ParseUint(s, 0, 32)
+	} else {
+		v, err = strconv.ParseUint(string(b), 10, 32)
+	}
+	if err != nil || v&0x7fff == 0 || v > 0xffff {
+		return fmt.Errorf("pkey %s is not a partition key 0x0001-0x7fff", b)
+	}
+	*k = PKey(v & 0x7fff)
+	return nil
+}
+
+// Full is the key with the full-membership bit set, as a child link needs it.
+func (k PKey) Full() uint16 { return uint16(k) | 0x8000 }
+
 // Args is the "args" member.
 type Args struct {
 	CNI map[string]any `json:"cni,omitempty"`
@@ -250,6 +295,13 @@ func Parse(data []byte) (*NetConf, error) {
 		return nil, types.NewError(types.ErrDecodingFailure, "empty network configuration on stdin", "")
 	}
 	if err := json.Unmarshal(data, &c); err != nil {
+		var ute *json.UnmarshalTypeError
+		if errors.As(err, &ute) && ute.Field != "" {
+			return nil, Error(ute.Field, "%s is not a %s", ute.Value, ute.Type)
+		}
+		if strings.Contains(err.Error(), "pkey") {
+			return nil, Error("pkey", "%v", strings.TrimPrefix(err.Error(), "json: "))
+		}
 		return nil, types.NewError(types.ErrDecodingFailure, "network configuration is not valid JSON", err.Error())
 	}
 	if err := c.Validate(); err != nil {
@@ -350,6 +402,36 @@ func (c *NetConf) Validate() error {
 	case "", "auto", "off":
 	default:
 		return Error("rdma", "%q: want auto or off", c.RDMA)
+	}
+	switch c.Attach {
+	case "", AttachMove, AttachMacvlan, AttachIPVlan, AttachIPoIB:
+	default:
+		return Error("attach", "%q: want move, macvlan, ipvlan or ipoib", c.Attach)
+	}
+	switch c.MacvlanMode {
+	case "", "bridge", "private", "vepa", "passthru":
+	default:
+		return Error("macvlanMode", "%q: want bridge, private, vepa or passthru", c.MacvlanMode)
+	}
+	switch c.IPVlanMode {
+	case "", "l2", "l3", "l3s":
+	default:
+		return Error("ipvlanMode", "%q: want l2, l3 or l3s", c.IPVlanMode)
+	}
+	for _, f := range []struct {
+		field, attach string
+		set           bool
+	}{{"macvlanMode", AttachMacvlan, c.MacvlanMode != ""}, {"ipvlanMode", AttachIPVlan, c.IPVlanMode != ""}, {"pkey", AttachIPoIB, c.PKey != nil}} {
+		if f.set && c.Attach != "" && c.Attach != f.attach {
+			return Error(f.field, "applies to attach %s, not %s", f.attach, c.Attach)
+		}
+	}
+	if c.Attach == AttachIPVlan || c.Attach == AttachIPoIB {
+		for _, m := range []struct{ field, v string }{{"mac", c.MAC}, {"runtimeConfig.mac", c.RuntimeConfig.MAC}} {
+			if m.v != "" {
+				return Error(m.field, "an %s child shares its parent's hardware address; it cannot have its own", c.Attach)
+			}
+		}
 	}
 	if g := c.RuntimeConfig.InfinibandGUID; g != "" {
 		hw, err := net.ParseMAC(g)
