@@ -62,15 +62,19 @@ func vfBDF(n int) string {
 
 func (e *cniEnv) vfName(n int) string { return fmt.Sprintf("rn%sv%d", e.tag, n) }
 
-func newCNIEnv(tb testing.TB, pairs int) *cniEnv {
+func newCNIEnv(tb testing.TB, pairs int, opts ...func(*fakesys.Node)) *cniEnv {
 	tb.Helper()
 	requireRoot(tb)
 	e := &cniEnv{t: tb, tag: randTag(), pfBDF: "0000:b1:00.0"}
 	drv := "mlx5_core"
-	tree := fakesystest.OneNIC(tb, fakesys.Node{Vendor: "0x15b3", Device: "0x101d", Class: "0x020000", Driver: &drv,
+	node := fakesys.Node{Vendor: "0x15b3", Device: "0x101d", Class: "0x020000", Driver: &drv,
 		Netdev: "rn" + e.tag + "pf", LinkLayer: "ethernet", MAC: "02:00:b1:00:00:00", MTU: 9000, SpeedMbps: 100000, OperState: "up",
 		SRIOV: &fakesys.SRIOV{TotalVFs: 2 * pairs, NumVFs: 2 * pairs, VFDevice: "0x101e", VFOffset: 1, VFStride: 1, VFDriver: drv,
-			VFNetdev: "rn" + e.tag + "v{n}", VFMac: "02:00:b1:00:01:{n:02x}"}})
+			VFNetdev: "rn" + e.tag + "v{n}", VFMac: "02:00:b1:00:01:{n:02x}"}}
+	for _, o := range opts {
+		o(&node)
+	}
+	tree := fakesystest.OneNIC(tb, node)
 	base := fakesystest.TempDir(tb)
 	e.sys, e.state, e.ipamDir, e.confDir, e.cache = tree.Sys, filepath.Join(base, "state"), filepath.Join(base, "ipam"),
 		filepath.Join(base, "net.d"), filepath.Join(base, "cache")

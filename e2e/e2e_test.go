@@ -37,6 +37,7 @@ var cniPlugins = []string{
 	"github.com/containernetworking/plugins/plugins/ipam/host-local@v1.10.0",
 	"github.com/containernetworking/plugins/plugins/ipam/static@v1.10.0",
 	"github.com/containernetworking/plugins/plugins/main/host-device@v1.10.0",
+	"github.com/containernetworking/plugins/plugins/main/macvlan@v1.10.0",
 }
 
 func TestMain(m *testing.M) {

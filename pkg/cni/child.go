@@ -125,7 +125,7 @@ func (a *attachment) addChild(iface *current.Interface) error {
 	if err := a.p.children().Add(a.host, a.pod, c); err != nil {
 		return typed(types.ErrInternal, fmt.Sprintf("create a %s child of %s in the pod", rc.Kind, rc.Parent), err)
 	}
-	if err := netdev.FinishChild(a.pod, rc.TempName, args.IfName); err != nil {
+	if err := netdev.FinishChild(a.pod, rc.TempName, rc.Alias, args.IfName); err != nil {
 		return typed(types.ErrInternal, fmt.Sprintf("%s child of %s", rc.Kind, rc.Parent), err)
 	}
 	l, err := a.pod.Handle.LinkByName(args.IfName)

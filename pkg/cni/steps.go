@@ -141,7 +141,7 @@ func (a *attachment) detachLink() error {
 		}
 	}
 	if rec.Child != nil {
-		if err := netdev.DeleteChild(a.host, a.pod, rec.Child.Alias); err != nil {
+		if err := netdev.DeleteChild(a.host, a.pod, rec.Child.Alias, rec.Child.TempName); err != nil {
 			errs = append(errs, fmt.Errorf("%s child of %s: %w", rec.Child.Kind, rec.Child.Parent, err))
 		}
 	}

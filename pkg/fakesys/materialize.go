@@ -422,6 +422,9 @@ func (w *writer) nic(f *Function, dir string) {
 		} {
 			w.file(nd+"/"+k, v+"\n")
 		}
+		if ib {
+			w.file(nd+"/pkey", "0xffff\n") // an IPoIB netdev's partition: the default one
+		}
 		w.link(nd+"/device", dir)
 		w.link(nd+"/subsystem", "class/net")
 		w.link("class/net/"+f.Netdev, nd)

@@ -105,13 +105,17 @@ func (NetlinkChildren) Read(host, pod *Namespace, name string) (Child, error) {
 	return c, nil
 }
 
-// FinishChild renames the child from its temporary name to ifName and
-// brings it up, in one RTM_SETLINK (the kernel renames before it changes
-// the flags).
-func FinishChild(pod *Namespace, tempName, ifName string) error {
+// FinishChild gives the child its alias (RTM_NEWLINK ignores one), then
+// renames it from its temporary name to ifName and brings it up in one
+// RTM_SETLINK (the kernel renames before it changes the flags). Until the
+// alias is set its temporary name identifies it.
+func FinishChild(pod *Namespace, tempName, alias, ifName string) error {
 	l, err := pod.Handle.LinkByName(tempName)
 	if err != nil {
 		return fmt.Errorf("find %s in the pod netns: %w", tempName, err)
+	}
+	if err := pod.Handle.LinkSetAlias(l, alias); err != nil {
+		return fmt.Errorf("set the alias of %s: %w", tempName, err)
 	}
 	s, err := nl.GetNetlinkSocketAt(pod.NS, netns.None(), unix.NETLINK_ROUTE)
 	if err != nil {
@@ -131,29 +135,30 @@ func FinishChild(pod *Namespace, tempName, ifName string) error {
 	return nil
 }
 
-// FindByAlias returns the link of n whose alias is alias.
-func FindByAlias(n *Namespace, alias string) (netlink.Link, error) {
+// FindChild returns the link of n whose alias is alias, or, before it has
+// one, whose name is tempName.
+func FindChild(n *Namespace, alias, tempName string) (netlink.Link, error) {
 	links, err := n.Handle.LinkList()
 	if err != nil {
 		return nil, err
 	}
 	for _, l := range links {
-		if l.Attrs().Alias == alias {
+		if l.Attrs().Alias == alias || (tempName != "" && l.Attrs().Name == tempName) {
 			return l, nil
 		}
 	}
 	return nil, ErrNotFound
 }
 
-// DeleteChild deletes the child with alias from the pod netns, or from the
-// host's, where it is. Not finding it is success: a pod netns takes its
-// child links with it when it goes.
-func DeleteChild(host, pod *Namespace, alias string) error {
+// DeleteChild deletes the child (by its alias or temporary name) from the
+// pod netns, or, when the pod's netns is gone, from the host's. Not
+// finding it is success: a pod netns takes its child links with it.
+func DeleteChild(host, pod *Namespace, alias, tempName string) error {
 	for _, n := range []*Namespace{pod, host} {
-		if n == nil {
+		if n == nil || (n == host && pod != nil) {
 			continue
 		}
-		l, err := FindByAlias(n, alias)
+		l, err := FindChild(n, alias, tempName)
 		if errors.Is(err, ErrNotFound) {
 			continue
 		}
