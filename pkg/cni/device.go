@@ -19,7 +19,7 @@ type Device struct {
 	VFIndex int    // -1: not a VF
 	RDMA    string // RDMA device on this function
 	PFMTU   int
-	IB      bool // InfiniBand link layer
+	IB      bool   // InfiniBand link layer
 	PKey    uint16 // an IPoIB netdev's partition key (sysfs "pkey"), 0 if none
 }
 

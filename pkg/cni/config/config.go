@@ -220,7 +220,7 @@ type NetConf struct {
 	MacvlanMode string `json:"macvlanMode,omitempty"` // bridge (default) | private | vepa | passthru
 	IPVlanMode  string `json:"ipvlanMode,omitempty"`  // l2 (default) | l3 | l3s
 	PKey        *PKey  `json:"pkey,omitempty"`        // IPoIB partition: 0x0001-0x7fff
-	LogLevel  string  `json:"logLevel,omitempty"`
+	LogLevel    string `json:"logLevel,omitempty"`
 
 	// Host paths: node settings, refused here unless the node allows them.
 	HostPaths
