@@ -173,7 +173,7 @@ func Convert(rs []pools.Resolved) []deviceplugin.Pool {
 		p := deviceplugin.Pool{Name: r.Name, Resource: r.Resource, Kind: r.Kind, RDMACM: r.RDMACM}
 		for _, d := range r.Devices {
 			p.Devices = append(p.Devices, deviceplugin.Device{ID: d.ID, BDF: d.BDF, PF: d.PF, RDMA: d.RDMA,
-				CharDevs: d.CharDevs, NUMA: d.NUMA, Rail: d.Rail, Healthy: d.Health == pools.Healthy, Reason: d.Reason})
+				CharDevs: d.CharDevs, NUMA: d.NUMA, Rail: d.Rail, IB: d.IB, Healthy: d.Health == pools.Healthy, Reason: d.Reason})
 		}
 		out = append(out, p)
 	}

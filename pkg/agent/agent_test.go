@@ -27,7 +27,7 @@ const h100Config = `{
   "railPools": true,
   "pools": [
     {"name": "storage", "selectors": {"pfNames": ["enp41s0f1np1#0-1", "enp170s0f1np1"]}},
-    {"name": "hca", "kind": "rdma", "selectors": {"linkTypes": ["ether"], "pfNames": ["enp41s0f0np0", "enp170s0f0np0"]}}
+    {"name": "hca", "kind": "rdma", "shared": 4, "selectors": {"linkTypes": ["ether"], "pfNames": ["enp41s0f0np0", "enp170s0f0np0"]}}
   ]
 }`
 
@@ -155,7 +155,7 @@ func TestRegistersEveryPoolAndServesIt(t *testing.T) {
 		t.Errorf("device-info = %+v %+v, %v", info, info.PCI, err)
 	}
 	files, _ := filepath.Glob(filepath.Join(e.devinfo, "*.json"))
-	if len(files) != 4*8+4+2+6 { // rails: 4 HCAs x 8 VFs + 4 PFs without VFs; hca 2; storage 2+4
+	if len(files) != 4*8+4+2*4+6 { // rails: 4 HCAs x 8 VFs + 4 PFs without VFs; hca 2 x 4 slots; storage 2+4
 		t.Errorf("%d device-info files", len(files))
 	}
 	// A rescan that changes nothing rewrites no device-info file.
@@ -216,6 +216,21 @@ func TestAllocate(t *testing.T) {
 	}
 	if got := c.Envs["NCCL_IB_HCA"]; got != "=mlx5_12,mlx5_14" {
 		t.Errorf("NCCL_IB_HCA = %q", got)
+	}
+	// InfiniBand: GID 0 is the port's, known ahead.
+	if got, ok := c.Envs["NCCL_IB_GID_INDEX"]; got != "0" || !ok {
+		t.Errorf("NCCL_IB_GID_INDEX = %q (set %v) on an InfiniBand rail", got, ok)
+	}
+	// RoCE (the shared hca pool's slots): the GID index follows the pod's
+	// address, unknown ahead; not set.
+	hp := e.kubelet.Dial(t, regs["railnet.io/hca"].Endpoint)
+	hr, err := hp.Allocate(context.Background(), &pluginapi.AllocateRequest{ContainerRequests: []*pluginapi.ContainerAllocateRequest{
+		{DevicesIds: []string{"0000:29:00.0#0"}}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hc := hr.ContainerResponses[0]; hc.Envs["NCCL_IB_HCA"] != "=mlx5_1" || hc.Envs["NCCL_IB_GID_INDEX"] != "" {
+		t.Errorf("shared RoCE slot: NCCL_IB_HCA %q, NCCL_IB_GID_INDEX %q", hc.Envs["NCCL_IB_HCA"], hc.Envs["NCCL_IB_GID_INDEX"])
 	}
 	var info map[string]map[string]any
 	if err := json.Unmarshal([]byte(c.Envs["PCIDEVICE_RAILNET_IO_RAIL0_INFO"]), &info); err != nil || info["0000:18:00.3"]["pci"].(map[string]any)["rdma-device"] != "mlx5_14" {

@@ -260,6 +260,7 @@ func (s *server) allocateContainer(ids []string) (*pluginapi.ContainerAllocateRe
 		return nil, status.Error(codes.InvalidArgument, "no devices requested")
 	}
 	var bdfs, hcas []string
+	allIB := true
 	info := map[string]infoEntry{}
 	cr := &pluginapi.ContainerAllocateResponse{Envs: map[string]string{}}
 	seenDev := map[string]bool{}
@@ -282,6 +283,7 @@ func (s *server) allocateContainer(ids []string) (*pluginapi.ContainerAllocateRe
 			}
 		}
 		info[id] = e
+		allIB = allIB && d.IB
 		for _, r := range d.RDMA {
 			if !slices.Contains(hcas, r) {
 				hcas = append(hcas, r)
@@ -310,6 +312,13 @@ func (s *server) allocateContainer(ids []string) (*pluginapi.ContainerAllocateRe
 	if len(hcas) > 0 {
 		// "=" asks NCCL for exact names: without it mlx5_1 also selects mlx5_10.
 		cr.Envs["NCCL_IB_HCA"] = "=" + strings.Join(hcas, ",")
+		if allIB {
+			// On InfiniBand GID 0 is the port's own GID, whatever the pod's
+			// addresses. On RoCE a GID comes with each address added to the
+			// port's netdevs (a shared slot's child included), at an index
+			// the kernel picks then: not known here, so NCCL detects it.
+			cr.Envs["NCCL_IB_GID_INDEX"] = "0"
+		}
 	}
 	return cr, nil
 }

@@ -19,6 +19,7 @@ type Device struct {
 	CharDevs []string // /dev/infiniband/uverbsN, umadN, issmN
 	NUMA     int      // -1: unknown, no Topology hint
 	Rail     string
+	IB       bool // InfiniBand link layer (its RDMA ports)
 	Healthy  bool
 	Reason   string // why not healthy
 }

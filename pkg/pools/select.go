@@ -29,6 +29,7 @@ type Device struct {
 	CharDevs []string // /dev/infiniband/... of those RDMA devices
 	NUMA     int      // -1: unknown (no Topology hint)
 	Rail     string   // the rail the device's NIC belongs to ("" without GPUs)
+	IB       bool     // its RDMA devices' ports are all InfiniBand
 	Health   string
 	Reason   string // why Unhealthy
 }
@@ -176,14 +177,27 @@ func makeDevice(n *discovery.NIC, nics map[string]*discovery.NIC, rdma map[strin
 	if pf != nil && len(pf.Netdevs) > 0 {
 		d.PFName = pf.Netdevs[0].Name
 	}
-	for _, name := range n.RDMA {
+	for i, name := range n.RDMA {
 		d.RDMA = append(d.RDMA, name)
-		if r := rdma[name]; r != nil {
+		r := rdma[name]
+		if r != nil {
 			d.CharDevs = append(d.CharDevs, r.CharDevs...)
 		}
+		ib := r != nil && len(r.Ports) > 0
+		for _, p := range portsOf(r) {
+			ib = ib && strings.EqualFold(p.LinkLayer, "InfiniBand")
+		}
+		d.IB = ib && (i == 0 || d.IB)
 	}
 	d.Health, d.Reason = health(n, pf, rdma, kind)
 	return d
+}
+
+func portsOf(r *discovery.RDMADevice) []discovery.RDMAPort {
+	if r == nil {
+		return nil
+	}
+	return r.Ports
 }
 
 // health: a VF is healthy while its PCI function exists (it was scanned)

@@ -68,3 +68,47 @@ func TestNetconfHostPathsRefused(t *testing.T) {
 		t.Error("a relative logFile was accepted")
 	}
 }
+
+// attach and its options: each value is checked, each option only with its
+// attach, and an IPoIB partition key is read in the forms people write.
+func TestAttachOptions(t *testing.T) {
+	nodeFile(t, "")
+	base := `{"cniVersion":"1.1.0","name":"n","type":"railnet",`
+	for _, c := range []struct {
+		body, field string // field "": accepted
+		pkey        PKey
+	}{
+		{`"attach":"macvlan","macvlanMode":"private"}`, "", 0},
+		{`"attach":"ipvlan","ipvlanMode":"l3s"}`, "", 0},
+		{`"macvlanMode":"vepa"}`, "", 0}, // attach from the device: checked at ADD
+		{`"attach":"ipoib","pkey":"0x7fff"}`, "", 0x7fff},
+		{`"attach":"ipoib","pkey":"0x8a12"}`, "", 0x0a12},
+		{`"attach":"ipoib","pkey":32767}`, "", 0x7fff},
+		{`"attach":"ipoib","pkey":"0x0"}`, "pkey", 0},
+		{`"attach":"ipoib","pkey":"0x8000"}`, "pkey", 0},
+		{`"attach":"ipoib","pkey":"0x10000"}`, "pkey", 0},
+		{`"attach":"ipoib","pkey":"full"}`, "pkey", 0},
+		{`"attach":"veth"}`, "attach", 0},
+		{`"attach":"macvlan","macvlanMode":"l2"}`, "macvlanMode", 0},
+		{`"attach":"ipvlan","ipvlanMode":"bridge"}`, "ipvlanMode", 0},
+		{`"attach":"macvlan","ipvlanMode":"l2"}`, "ipvlanMode", 0},
+		{`"attach":"move","pkey":"0x1"}`, "pkey", 0},
+		{`"attach":"ipvlan","mac":"02:00:00:00:00:01"}`, "mac", 0},
+		{`"attach":"ipoib","runtimeConfig":{"mac":"02:00:00:00:00:01"}}`, "runtimeConfig.mac", 0},
+		{`"attach":7}`, "attach", 0},
+	} {
+		conf, err := Parse([]byte(base + c.body))
+		if c.field == "" {
+			if err != nil {
+				t.Errorf("%s: %v", c.body, err)
+			} else if c.pkey != 0 && (conf.PKey == nil || *conf.PKey != c.pkey || conf.PKey.Full() != uint16(c.pkey)|0x8000) {
+				t.Errorf("%s: pkey %v", c.body, conf.PKey)
+			}
+			continue
+		}
+		var te *types.Error
+		if !errors.As(err, &te) || te.Code != types.ErrInvalidNetworkConfig || !strings.HasPrefix(te.Msg, c.field+":") {
+			t.Errorf("%s: %v, want code 7 naming %s", c.body, err, c.field)
+		}
+	}
+}
