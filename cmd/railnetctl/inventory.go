@@ -1,15 +1,20 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
 
 	"github.com/railnet/railnet/pkg/discovery"
+	"github.com/railnet/railnet/pkg/state"
 	"github.com/railnet/railnet/pkg/sysfs"
 	"github.com/railnet/railnet/pkg/topology"
 )
@@ -42,12 +47,55 @@ func checkFormat(f string, allowed ...string) error {
 	return fmt.Errorf("%w: --format %q: want one of %s", errUsage, f, strings.Join(allowed, ", "))
 }
 
+// attachment is a CNI record as inventory shows it.
+type attachment struct {
+	DeviceID     string `json:"deviceID"`
+	BDF          string `json:"bdf"`
+	Attach       string `json:"attach"`
+	Parent       string `json:"parent,omitempty"` // a child link's parent netdev
+	IfName       string `json:"ifName"`
+	ContainerID  string `json:"containerID"`
+	Pod          string `json:"pod,omitempty"` // namespace/name
+	Network      string `json:"network"`
+	Phase        string `json:"phase"`
+}
+
+// attachments reads the CNI's records (root-only): what each device, and
+// each shared HCA's slots, is in use by.
+func attachments(dir string) ([]attachment, error) {
+	if _, err := os.Stat(dir); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	recs, errs := state.ReadOnly(dir).List()
+	if len(recs) == 0 && len(errs) > 0 {
+		return nil, errs[0]
+	}
+	var out []attachment
+	for _, r := range recs {
+		a := attachment{DeviceID: r.DeviceID, BDF: r.BDF, Attach: r.Attach, IfName: r.IfName, ContainerID: r.ContainerID,
+			Network: r.Network, Phase: r.Phase}
+		if a.Attach == "" {
+			a.Attach = "move"
+		}
+		if r.Child != nil {
+			a.Parent = r.Child.Parent
+		}
+		if r.PodName != "" {
+			a.Pod = r.PodNamespace + "/" + r.PodName
+		}
+		out = append(out, a)
+	}
+	slices.SortFunc(out, func(x, y attachment) int { return cmp.Compare(x.DeviceID, y.DeviceID) })
+	return out, nil
+}
+
 func cmdInventory(r *roots, args []string, out io.Writer) error {
-	var format *string
+	var format, stateDir *string
 	var summary *bool
 	fs, err := parse("inventory", r, args, func(fs *flag.FlagSet) {
 		format = formatFlag(fs, "table", "json")
 		summary = fs.Bool("summary", false, "counts and PFs only, no VF rows")
+		stateDir = fs.String("state-dir", state.DefaultDir, "the CNI's attachment records (what is in use, shared HCAs' slots)")
 	})
 	if err != nil {
 		return err
@@ -62,16 +110,56 @@ func cmdInventory(r *roots, args []string, out io.Writer) error {
 	if err != nil {
 		return err
 	}
+	atts, aerr := attachments(*stateDir)
 	if *format == "json" {
 		enc := json.NewEncoder(out)
 		enc.SetIndent("", "  ")
 		return enc.Encode(struct {
 			Summary discovery.Summary `json:"summary"`
 			*discovery.Inventory
-		}{inv.Summary(), inv})
+			Attachments []attachment `json:"attachments"`
+		}{inv.Summary(), inv, atts})
 	}
 	writeInventoryTable(out, inv, r, *summary)
+	writeAttachments(out, *stateDir, atts, aerr)
 	return nil
+}
+
+// writeAttachments lists what the CNI has attached, each shared HCA with
+// its slots in use.
+func writeAttachments(out io.Writer, dir string, atts []attachment, err error) {
+	if err != nil {
+		fmt.Fprintf(out, "\nAttachments: %s is not readable (%v); run as root to see what is in use\n", dir, err)
+		return
+	}
+	if len(atts) == 0 {
+		fmt.Fprintf(out, "\nAttachments (%s): none\n", dir)
+		return
+	}
+	fmt.Fprintf(out, "\nAttachments (%s): %d\n", dir, len(atts))
+	slots := map[string][]attachment{}
+	var shared []string
+	for _, a := range atts {
+		if a.Attach != "move" {
+			if len(slots[a.BDF]) == 0 {
+				shared = append(shared, a.BDF)
+			}
+			slots[a.BDF] = append(slots[a.BDF], a)
+		}
+	}
+	for _, bdf := range shared {
+		fmt.Fprintf(out, "  shared HCA %s (%s): %d slot(s) in use\n", bdf, slots[bdf][0].Parent, len(slots[bdf]))
+	}
+	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
+	fmt.Fprintln(tw, "  DEVICE\tATTACH\tPOD\tCONTAINER\tIFNAME\tNETWORK\tPHASE")
+	for _, a := range atts {
+		cid := a.ContainerID
+		if len(cid) > 12 {
+			cid = cid[:12]
+		}
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.DeviceID, a.Attach, orDash(a.Pod), cid, a.IfName, a.Network, a.Phase)
+	}
+	tw.Flush()
 }
 
 func writeInventoryTable(out io.Writer, inv *discovery.Inventory, r *roots, summaryOnly bool) {

@@ -13,7 +13,9 @@ import (
 const usage = `railnetctl: railnet's operator CLI
 
 Usage:
-  railnetctl inventory [--format table|json] [--summary]   every NIC/PF/VF/HCA/GPU of the node
+  railnetctl inventory [--format table|json] [--summary] [--state-dir DIR]
+                                                           every NIC/PF/VF/HCA/GPU of the node, and what the CNI
+                                                           attached (each shared HCA's slots in use)
   railnetctl topology  [--format table|json|dot]           GPU↔NIC PCIe classes (as nvidia-smi topo -m), rails
   railnetctl fakesys build [--device-nodes] FIXTURE DIR    write a mocked DIR/sys and DIR/dev from a machine description
   railnetctl fakesys check FIXTURE...                      validate machine descriptions

@@ -9,8 +9,10 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
+	"github.com/railnet/railnet/pkg/state"
 )
 
 func runCLI(t *testing.T, args ...string) (string, string, int) {
@@ -142,9 +144,48 @@ func TestInventory(t *testing.T) {
 	if code != 0 || !strings.Contains(table, "PFs 5   VFs 20   netdevs 25   RDMA devices 19") || !strings.Contains(table, "VF0@0000:41:00.0") {
 		t.Errorf("table:\n%s", table)
 	}
-	summary := mustRun(t, "inventory", "--summary", "--sysfs-root", sys, "--devfs-root", dev)
-	if strings.Contains(summary, "VF0@") || !strings.Contains(summary, "8/64") {
+	summary := mustRun(t, "inventory", "--summary", "--sysfs-root", sys, "--devfs-root", dev, "--state-dir", filepath.Join(t.TempDir(), "none"))
+	if strings.Contains(summary, "VF0@") || !strings.Contains(summary, "8/64") || !strings.Contains(summary, "Attachments") || !strings.Contains(summary, ": none") {
 		t.Errorf("--summary:\n%s", summary)
+	}
+}
+
+// inventory shows what the CNI's records say is in use: each shared HCA
+// with its slots, every attachment with its pod.
+func TestInventoryAttachments(t *testing.T) {
+	sys, dev := fixtureTree(t, "single-nic-ethernet")
+	dir := t.TempDir()
+	store, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, r := range []*state.Record{
+		{ContainerID: "c0", IfName: "net1", DeviceID: "0000:41:00.0#0", BDF: "0000:41:00.0", Attach: "macvlan", Phase: "done", Network: "roce",
+			PodNamespace: "ml", PodName: "trainer-0", Child: &state.Child{Kind: "macvlan", Parent: "enp65s0f0np0"}},
+		{ContainerID: "c1", IfName: "net1", DeviceID: "0000:41:00.0#3", BDF: "0000:41:00.0", Attach: "macvlan", Phase: "done", Network: "roce",
+			PodNamespace: "ml", PodName: "trainer-1", Child: &state.Child{Kind: "macvlan", Parent: "enp65s0f0np0"}},
+		{ContainerID: "c2", IfName: "net2", DeviceID: "0000:41:00.2", BDF: "0000:41:00.2", Phase: "done", Network: "sriov"},
+	} {
+		r.Created = time.Unix(int64(i), 0)
+		if err := store.Save(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	table := mustRun(t, "inventory", "--sysfs-root", sys, "--devfs-root", dev, "--state-dir", dir)
+	for _, want := range []string{"Attachments (" + dir + "): 3", "shared HCA 0000:41:00.0 (enp65s0f0np0): 2 slot(s) in use",
+		"0000:41:00.0#3  macvlan  ml/trainer-1", "0000:41:00.2    move     -"} {
+		if !strings.Contains(table, want) {
+			t.Errorf("table lacks %q:\n%s", want, table)
+		}
+	}
+	var inv struct {
+		Attachments []struct{ DeviceID, Attach, Pod, Parent string }
+	}
+	if err := json.Unmarshal([]byte(mustRun(t, "inventory", "--format", "json", "--sysfs-root", sys, "--devfs-root", dev, "--state-dir", dir)), &inv); err != nil {
+		t.Fatal(err)
+	}
+	if len(inv.Attachments) != 3 || inv.Attachments[1].DeviceID != "0000:41:00.0#3" || inv.Attachments[1].Pod != "ml/trainer-1" || inv.Attachments[1].Parent != "enp65s0f0np0" {
+		t.Errorf("attachments %+v", inv.Attachments)
 	}
 }
 

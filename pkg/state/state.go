@@ -163,6 +163,15 @@ func readNoFollow(p string) ([]byte, error) {
 	return io.ReadAll(f)
 }
 
+// ReadOnly is a store to read records from, for tools (railnetctl): unlike
+// Open it creates and changes nothing.
+func ReadOnly(dir string) *Store {
+	if dir == "" {
+		dir = DefaultDir
+	}
+	return &Store{dir: dir}
+}
+
 // Dir is the store's directory.
 func (s *Store) Dir() string { return s.dir }
 
