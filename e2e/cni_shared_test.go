@@ -22,6 +22,7 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/railnet/railnet/pkg/cni"
 	"github.com/railnet/railnet/pkg/fakesys"
@@ -550,4 +551,78 @@ func TestCNISharedIPoIB(t *testing.T) {
 	if len(rec.asked) != n {
 		t.Fatal("a refused ADD asked for a child")
 	}
+}
+
+// arpCapture collects the ARP frames that arrive on a host link.
+type arpCapture struct{ fd int }
+
+func captureARP(tb testing.TB, ifName string) *arpCapture {
+	tb.Helper()
+	l, err := netlink.LinkByName(ifName)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ARP)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ARP), Ifindex: l.Attrs().Index}); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { unix.Close(fd) })
+	return &arpCapture{fd: fd}
+}
+
+// gratuitous waits up to d for an ARP frame whose sender and target
+// addresses are both ip (a gratuitous ARP announcing ip).
+func (c *arpCapture) gratuitous(ip string, d time.Duration) bool {
+	want := net.ParseIP(ip).To4()
+	deadline := time.Now().Add(d)
+	buf := make([]byte, 256)
+	for time.Now().Before(deadline) {
+		tv := unix.NsecToTimeval((50 * time.Millisecond).Nanoseconds())
+		unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		n, _, err := unix.Recvfrom(c.fd, buf, 0)
+		if err != nil || n < 42 {
+			continue
+		}
+		arp := buf[14:n]
+		if net.IP(arp[14:18]).Equal(want) && net.IP(arp[24:28]).Equal(want) {
+			return true
+		}
+	}
+	return false
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// ADD announces the pod's address on the segment, for a moved netdev and
+// for a shared slot's child alike: a gratuitous ARP reaches the other end.
+func TestCNIAnnounces(t *testing.T) {
+	ctx := context.Background()
+	t.Run("move", func(t *testing.T) {
+		e := newCNIEnv(t, 1)
+		list := e.conflist(t, "1.1.0", nil)
+		capture := captureARP(t, e.vfName(1)) // the peer of VF 0's veth
+		r, err := e.cni.AddNetworkList(ctx, list, rt("ga", e.netns(t), "net1", vfBDF(0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, _ := current.NewResultFromResult(r)
+		if ip := res.IPs[0].Address.IP.String(); !capture.gratuitous(ip, 2*time.Second) {
+			t.Errorf("no gratuitous ARP for %s on the peer", ip)
+		}
+	})
+	t.Run("slot", func(t *testing.T) {
+		e := newSharedEnv(t)
+		capture := captureARP(t, "rn"+e.tag+"pp") // the far end of the HCA's stand-in
+		r, err := e.cni.AddNetworkList(ctx, e.sharedList(t, nil), rt("gs", e.netns(t), "net1", e.slot(0)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, _ := current.NewResultFromResult(r)
+		if ip := res.IPs[0].Address.IP.String(); !capture.gratuitous(ip, 2*time.Second) {
+			t.Errorf("no gratuitous ARP for %s beyond the parent", ip)
+		}
+	})
 }

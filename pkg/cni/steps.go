@@ -222,7 +222,14 @@ func (a *attachment) addIPAM() error {
 	if !a.inPod() {
 		return nil
 	}
-	err = a.inPodNetns(func() error { return ipam.ConfigureIface(args.IfName, a.result) })
+	// The link is down: ConfigureIface adds the addresses, then brings it
+	// up, and with arp_notify and ndisc_notify set the kernel announces
+	// them as it comes up (gratuitous ARP per IPv4 address, unsolicited
+	// neighbour advertisements), with nothing to open, send or close here.
+	err = a.inPodNetns(func() error {
+		notify(args.IfName)
+		return ipam.ConfigureIface(args.IfName, a.result)
+	})
 	if err != nil {
 		return typed(types.ErrInternal, "configure addresses on "+args.IfName, err)
 	}
@@ -301,17 +308,22 @@ func (a *attachment) checkIPAM(prev *current.Result) error {
 	return nil
 }
 
-// Step "announce": gratuitous ARP and unsolicited neighbour advertisements
-// for the new addresses (nothing to undo).
+// Step "announce": the link comes up with its addresses on it, which the
+// kernel announces (arp_notify, ndisc_notify). With IPAM, ConfigureIface
+// brought it up; without, it comes up here (nothing to undo).
 
 func (a *attachment) announce() error {
-	if !a.inPod() || len(a.result.IPs) == 0 {
+	if !a.inPod() || (a.conf.IPAM.Type != "" && len(a.result.IPs) > 0) {
 		return nil
 	}
-	return a.inPodNetns(func() error {
-		announce(a.log, a.args.IfName, a.result)
-		return nil
-	})
+	l, err := a.pod.Handle.LinkByName(a.args.IfName)
+	if err == nil {
+		err = a.pod.Handle.LinkSetUp(l)
+	}
+	if err != nil {
+		return typed(types.ErrInternal, "set "+a.args.IfName+" up", err)
+	}
+	return nil
 }
 
 // Step "device-info": runtimeConfig.CNIDeviceInfoFile for Multus.

@@ -106,9 +106,9 @@ func (NetlinkChildren) Read(host, pod *Namespace, name string) (Child, error) {
 }
 
 // FinishChild gives the child its alias (RTM_NEWLINK ignores one), then
-// renames it from its temporary name to ifName and brings it up in one
-// RTM_SETLINK (the kernel renames before it changes the flags). Until the
-// alias is set its temporary name identifies it.
+// renames it from its temporary name to ifName, leaving it down: the caller
+// brings it up once its addresses are on it, so the kernel announces them.
+// Until the alias is set its temporary name identifies it.
 func FinishChild(pod *Namespace, tempName, alias, ifName string) error {
 	l, err := pod.Handle.LinkByName(tempName)
 	if err != nil {
@@ -126,11 +126,10 @@ func FinishChild(pod *Namespace, tempName, alias, ifName string) error {
 	req.Sockets = map[int]*nl.SocketHandle{unix.NETLINK_ROUTE: {Socket: s}}
 	msg := nl.NewIfInfomsg(unix.AF_UNSPEC)
 	msg.Index = int32(l.Attrs().Index)
-	msg.Flags, msg.Change = unix.IFF_UP, unix.IFF_UP
 	req.AddData(msg)
 	req.AddData(nl.NewRtAttr(unix.IFLA_IFNAME, nl.ZeroTerminated(ifName)))
 	if _, err := req.Execute(unix.NETLINK_ROUTE, 0); err != nil {
-		return fmt.Errorf("rename %s to %s and set it up: %w", tempName, ifName, err)
+		return fmt.Errorf("rename %s to %s: %w", tempName, ifName, err)
 	}
 	return nil
 }

@@ -93,7 +93,7 @@ func moveRenamed(from *Namespace, index int, to *Namespace, name string) error {
 // name in the alias (so DEL can restore it even if the record is lost),
 // moves the link and renames it in the pod in one message (or, with a temp
 // namespace, renames it there: no clash with names in the pod or with udev
-// in the host), sets MAC and MTU when given and brings it up. On failure
+// in the host) and sets MAC and MTU when given, leaving it down. On failure
 // every step is undone. Without temp, a refused direct move is undone and
 // returns ErrNeedsStaging.
 func MoveIn(host, temp, pod *Namespace, hostName, ifName string, mac net.HardwareAddr, mtu int) (err error) {
@@ -154,9 +154,8 @@ func MoveIn(host, temp, pod *Namespace, hostName, ifName string, mac net.Hardwar
 			return fmt.Errorf("set MTU %d on %s: %w", mtu, ifName, err)
 		}
 	}
-	if err := pod.Handle.LinkSetUp(pl); err != nil {
-		return fmt.Errorf("set %s up: %w", ifName, err)
-	}
+	// Left down: the caller brings it up once its addresses are on it, so
+	// the kernel announces them (arp_notify).
 	return nil
 }
 
