@@ -52,16 +52,21 @@ type step struct {
 	do    func(*attachment) error
 	undo  func(*attachment) error
 	check func(*attachment, *current.Result) error
+	// aside: undo touches nothing the earlier steps' undos do (it runs a
+	// plugin), so it runs beside them rather than before them. Deleting a
+	// link waits out an RCU grace period; releasing an address execs the
+	// IPAM plugin: together, not one after the other.
+	aside bool
 }
 
 // steps are an attachment's parts after it is validated and its record
 // reserved (validate, reserve), before the record says done.
 var steps = []step{
-	{"vf-settings", (*attachment).setVF, (*attachment).restoreVF, (*attachment).checkVF},
-	{"attach", (*attachment).attachLink, (*attachment).detachLink, (*attachment).checkLink},
-	{"ipam", (*attachment).addIPAM, (*attachment).releaseIPAM, (*attachment).checkIPAM},
-	{"announce", (*attachment).announce, nil, nil},
-	{"device-info", (*attachment).writeDeviceInfo, (*attachment).removeDeviceInfo, nil},
+	{"vf-settings", (*attachment).setVF, (*attachment).restoreVF, (*attachment).checkVF, false},
+	{"attach", (*attachment).attachLink, (*attachment).detachLink, (*attachment).checkLink, false},
+	{"ipam", (*attachment).addIPAM, (*attachment).releaseIPAM, (*attachment).checkIPAM, true},
+	{"announce", (*attachment).announce, nil, nil, false},
+	{"device-info", (*attachment).writeDeviceInfo, (*attachment).removeDeviceInfo, nil, false},
 }
 
 // Add attaches the device: validate, reserve, then each step; a failing
@@ -174,11 +179,10 @@ func (a *attachment) validate() error {
 			return config.Error("ipam.type", "plugin %q is not in CNI_PATH (%s)", conf.IPAM.Type, os.Getenv("CNI_PATH"))
 		}
 	}
+	// Not writable shows in reserve's first Save, before anything is
+	// touched (STATUS probes it).
 	if a.store, err = state.Open(conf.State()); err != nil {
 		return typed(types.ErrIOFailure, "state directory "+conf.State()+" is not usable", err)
-	}
-	if err := a.store.Writable(); err != nil {
-		return typed(types.ErrIOFailure, "state directory "+conf.State()+" is not writable", err)
 	}
 	if a.pod, err = openPod(a.args.Netns); err != nil {
 		return err
@@ -279,11 +283,23 @@ func (a *attachment) reserve() (unlock func(), err error) {
 // attachment got, then deletes the record. The device's lock must be held.
 func (a *attachment) teardown() error {
 	var errs []error
+	var aside []chan error
 	for i := len(steps) - 1; i >= 0; i-- {
 		if steps[i].undo == nil {
 			continue
 		}
+		if steps[i].aside {
+			c := make(chan error, 1)
+			go func(undo func(*attachment) error) { c <- undo(a) }(steps[i].undo)
+			aside = append(aside, c)
+			continue
+		}
 		if err := steps[i].undo(a); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, c := range aside {
+		if err := <-c; err != nil {
 			errs = append(errs, err)
 		}
 	}

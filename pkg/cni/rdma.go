@@ -47,11 +47,15 @@ func (p *Plugin) moveRDMA(log *slog.Logger, conf *config.NetConf, dev *Device, h
 
 // rdmaBack returns a moved RDMA device to the host.
 func rdmaBack(name string, pod, host *netdev.Namespace) error {
-	link, err := pod.Handle.RdmaLinkByName(name)
+	h, err := pod.RDMA()
+	if err != nil {
+		return fmt.Errorf("RDMA netlink in the pod netns: %w", err)
+	}
+	link, err := h.RdmaLinkByName(name)
 	if err != nil {
 		return nil // already home (the kernel returns it when the netns dies)
 	}
-	if err := pod.Handle.RdmaLinkSetNsFd(link, uint32(host.NS)); err != nil {
+	if err := h.RdmaLinkSetNsFd(link, uint32(host.NS)); err != nil {
 		return fmt.Errorf("return RDMA device %s to the host: %w", name, err)
 	}
 	return nil

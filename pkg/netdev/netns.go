@@ -80,6 +80,23 @@ type Namespace struct {
 	NS     netns.NsHandle
 	Handle *netlink.Handle
 	Path   string
+	rdma   *netlink.Handle
+}
+
+// RDMA is a handle for RDMA netlink in the namespace (the process's own:
+// Handle itself).
+func (n *Namespace) RDMA() (*netlink.Handle, error) {
+	if n.Path == "" {
+		return n.Handle, nil
+	}
+	if n.rdma == nil {
+		h, err := netlink.NewHandleAt(n.NS, unix.NETLINK_RDMA)
+		if err != nil {
+			return nil, err
+		}
+		n.rdma = h
+	}
+	return n.rdma, nil
 }
 
 // OpenNamespace opens the namespace at path ("" = this process's).
@@ -99,9 +116,18 @@ func OpenNamespace(path string) (*Namespace, error) {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	// Only the families railnet speaks: a bare NewHandleAt also opens
-	// NETLINK_NETFILTER. RDMA netlink exists only with ib_core loaded.
-	nh, err := netlink.NewHandleAt(h, unix.NETLINK_ROUTE, unix.NETLINK_RDMA)
-	if err != nil {
+	// NETLINK_NETFILTER. This process's own namespace needs no namespace
+	// switch to open sockets in, and gets RDMA netlink too (only with
+	// ib_core loaded); another namespace gets route netlink, and RDMA
+	// netlink when asked (RDMA), since each socket there costs a switch in
+	// and out.
+	var nh *netlink.Handle
+	if path == "" {
+		nh, err = netlink.NewHandle(unix.NETLINK_ROUTE, unix.NETLINK_RDMA)
+		if err != nil {
+			nh, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+		}
+	} else {
 		nh, err = netlink.NewHandleAt(h, unix.NETLINK_ROUTE)
 	}
 	if err != nil {
@@ -134,6 +160,10 @@ func (n *Namespace) Close() {
 	if n.Handle != nil {
 		n.Handle.Close()
 		n.Handle = nil
+	}
+	if n.rdma != nil {
+		n.rdma.Close()
+		n.rdma = nil
 	}
 	if n.NS.IsOpen() {
 		n.NS.Close()
