@@ -626,3 +626,55 @@ func TestCNIAnnounces(t *testing.T) {
 		}
 	})
 }
+
+// A pod's new sandbox takes its slot over from the pod's earlier, dead
+// sandbox (the kubelet runs one at a time), which is torn down; another
+// pod still gets code 11. An IPAM plugin that refuses ADD leaves no record
+// behind, even when its DEL refuses too: the slot is free again.
+func TestCNISharedSlotTakeoverAndIPAMRefusal(t *testing.T) {
+	e := newSharedEnv(t)
+	ctx := context.Background()
+	list := e.sharedList(t, nil)
+	old, fresh, other := e.netns(t), e.netns(t), e.netns(t)
+	withUID := func(rc *libcni.RuntimeConf, uid string) *libcni.RuntimeConf {
+		rc.Args = [][2]string{{"IgnoreUnknown", "1"}, {"K8S_POD_NAMESPACE", "ml"}, {"K8S_POD_NAME", "trainer"}, {"K8S_POD_UID", uid}}
+		return rc
+	}
+	if _, err := e.cni.AddNetworkList(ctx, list, withUID(rt("sandbox1", old, "net1", e.slot(0)), "uid-1")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.cni.AddNetworkList(ctx, list, withUID(rt("intruder", other, "net1", e.slot(0)), "uid-2")); cniCode(err) != 11 {
+		t.Fatalf("another pod on a held slot: %v", err)
+	}
+	if _, err := e.cni.AddNetworkList(ctx, list, withUID(rt("sandbox2", fresh, "net1", e.slot(0)), "uid-1")); err != nil {
+		t.Fatalf("the pod's new sandbox: %v", err)
+	}
+	if l := podLinks(t, old); len(l) != 0 {
+		t.Errorf("the earlier sandbox kept %v", l)
+	}
+	if l := podLinks(t, fresh); len(l) != 1 {
+		t.Errorf("the new sandbox has %v", l)
+	}
+	if l := leases(t, e.ipamDir); len(l) != 1 {
+		t.Errorf("leases %v, want the new sandbox's only", l)
+	}
+	if err := e.cni.DelNetworkList(ctx, list, withUID(rt("sandbox2", fresh, "net1", e.slot(0)), "uid-1")); err != nil {
+		t.Fatal(err)
+	}
+
+	// host-local refuses a range that is not one, on ADD and on DEL.
+	bad := e.conflist(t, "1.1.0", map[string]any{"ipam": map[string]any{"type": "host-local", "dataDir": e.ipamDir,
+		"ranges": []any{[]any{map[string]string{"subnet": "not-a-subnet"}}}}})
+	if _, err := e.cni.AddNetworkList(ctx, bad, rt("badipam", other, "net1", e.slot(1))); err == nil {
+		t.Fatal("ADD with a refusing IPAM succeeded")
+	}
+	if recs, _ := filepath.Glob(filepath.Join(e.state, "records", "*.json")); len(recs) != 0 {
+		t.Fatalf("records after a refused IPAM ADD: %v", recs)
+	}
+	if l := podLinks(t, other); len(l) != 0 {
+		t.Fatalf("the refused ADD left %v", l)
+	}
+	if _, err := e.cni.AddNetworkList(ctx, list, rt("next", other, "net1", e.slot(1))); err != nil {
+		t.Fatalf("the slot after a refused IPAM ADD: %v", err)
+	}
+}

@@ -115,7 +115,7 @@ func TestNADExamples(t *testing.T) {
 	for _, c := range []struct {
 		file string
 		n    int
-	}{{"../deployments/examples/nads.yaml", 11}, {"cluster/manifests/nad-e2e.yaml", 1}} {
+	}{{"../deployments/examples/nads.yaml", 11}, {"cluster/manifests/nad-e2e.yaml", 2}} {
 		raw, err := os.ReadFile(c.file)
 		if err != nil {
 			t.Fatal(err)

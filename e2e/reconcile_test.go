@@ -230,3 +230,44 @@ func TestReconcilerKubeletRestartWindow(t *testing.T) {
 		t.Error("the live pod's VF was pulled")
 	}
 }
+
+// Shared slots are records like any other: the reconciler keeps the slot a
+// running pod holds and releases the one no pod holds (its child deleted,
+// its lease freed), never touching the other slot's child or the parent.
+func TestReconcilerSharedSlots(t *testing.T) {
+	e := newSharedEnv(t)
+	list := e.sharedList(t, nil)
+	ctx := context.Background()
+	want := parentView(t, e.parent())
+	ns := []string{e.netns(t), e.netns(t)}
+	for i, name := range []string{"gone", "running"} {
+		rc := rt(fmt.Sprintf("s%d", i), ns[i], "net1", e.slot(i))
+		rc.Args = podArgs("team", name)
+		if _, err := e.cni.AddNetworkList(ctx, list, rc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pods, sock := startPodResources(t)
+	pods.set(map[string][]string{"team/running": {e.slot(1)}}, false)
+	pooled := func(id string) (string, bool) { return "railnet.io/roce", strings.HasPrefix(id, e.pfBDF+"#") }
+	r := &agent.Reconciler{StateDir: e.state, CNIBinary: filepath.Join(binDir, "railnet"), CNIPath: cniPluginDir + ":" + binDir,
+		Pods: &agent.KubeletPods{Socket: sock}, ResourceOf: pooled}
+	if n, err := r.Once(ctx); err != nil || n != 0 {
+		t.Fatalf("first pass released %d: %v", n, err)
+	}
+	if n, err := r.Once(ctx); err != nil || n != 1 {
+		t.Fatalf("second pass released %d: %v", n, err)
+	}
+	if l := podLinks(t, ns[0]); len(l) != 0 {
+		t.Errorf("the released slot's child is still in its pod: %v", l)
+	}
+	if l := podLinks(t, ns[1]); len(l) != 1 {
+		t.Errorf("the running pod lost its child: %v", l)
+	}
+	if l := leases(t, e.ipamDir); len(l) != 1 {
+		t.Errorf("leases %v, want the running pod's only", l)
+	}
+	if got := parentView(t, e.parent()); got != want {
+		t.Errorf("parent %s, was %s", got, want)
+	}
+}

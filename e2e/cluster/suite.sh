@@ -93,7 +93,8 @@ until_ok 120 ds_ready || fail "DaemonSet railnet-node did not become Ready"
 pass "DaemonSet Ready ($(agent_pod))"
 until_ok 60 is_allocatable e2e-vf 4 || fail "railnet.io/e2e-vf allocatable $(allocatable e2e-vf), want 4"
 until_ok 60 is_allocatable e2e-hca 4 || fail "railnet.io/e2e-hca allocatable $(allocatable e2e-hca), want 4"
-pass "Node allocatable: railnet.io/e2e-vf=4 railnet.io/e2e-hca=4"
+until_ok 60 is_allocatable e2e-roce 4 || fail "railnet.io/e2e-roce allocatable $(allocatable e2e-roce), want 4"
+pass "Node allocatable: railnet.io/e2e-vf=4 railnet.io/e2e-hca=4 railnet.io/e2e-roce=4"
 v=$(k -n railnet-system exec "$(agent_pod)" -c agent -- /usr/local/bin/railnet-deviceplugin --version)
 [ "$v" = "railnet-deviceplugin ${RAILNET_VERSION:?}" ] || fail "image version: '$v', want railnet-deviceplugin $RAILNET_VERSION"
 pass "the image's railnet-deviceplugin --version: $v"
@@ -156,7 +157,38 @@ for d in uverbs1 umad1 issm1 rdma_cm; do
 	echo "$devs" | grep -Eq "^c.* $d\$" || fail "hca-a has no character device /dev/infiniband/$d: $devs"
 done
 pod_env hca-a | grep -qx 'NCCL_IB_HCA==mlx5_1' || fail "hca-a NCCL_IB_HCA: $(pod_env hca-a | grep NCCL)"
-pass "RDMA pool pod hca-a: /dev/infiniband/{uverbs1,umad1,issm1,rdma_cm} character devices, NCCL_IB_HCA==mlx5_1"
+pod_env hca-a | grep -qx 'NCCL_IB_GID_INDEX=0' || fail "hca-a (InfiniBand) NCCL_IB_GID_INDEX: $(pod_env hca-a | grep NCCL)"
+pass "RDMA pool pod hca-a: /dev/infiniband/{uverbs1,umad1,issm1,rdma_cm} character devices, NCCL_IB_HCA==mlx5_1, NCCL_IB_GID_INDEX=0"
+
+# Shared RoCE HCA: two pods on two slots of the RoCE NIC, each with the
+# HCA's RDMA devices and its own macvlan child of rne2epf, which stays in
+# the host unchanged; they reach each other through it.
+pf_view() { host ip -o link show rne2epf | sed 's/^[0-9]*: //; s/ state [A-Z]*//'; }
+pf_before=$(pf_view)
+test_pod roce-a e2e-roce e2e-roce; test_pod roce-b e2e-roce e2e-roce
+ready roce-a || fail "pod roce-a not Ready: $(k describe pod roce-a | tail -5)"
+ready roce-b || fail "pod roce-b not Ready: $(k describe pod roce-b | tail -5)"
+ra_ip=$(net1_ip roce-a); rb_ip=$(net1_ip roce-b)
+case "$ra_ip$rb_ip" in 10.78.0.*10.78.0.*) ;; *) fail "net1 addresses: roce-a '$ra_ip' roce-b '$rb_ip'" ;; esac
+for p in roce-a roce-b; do
+	k exec $p -- ip -d link show net1 | grep -q 'macvlan mode bridge' || fail "$p net1 is not a macvlan child: $(k exec $p -- ip -d link show net1)"
+	pod_env $p | grep -qx 'NCCL_IB_HCA==mlx5_0' || fail "$p NCCL_IB_HCA: $(pod_env $p | grep NCCL)"
+	pod_env $p | grep -q '^NCCL_IB_GID_INDEX=' && fail "$p (RoCE) has NCCL_IB_GID_INDEX: the GID index is not known ahead"
+	k exec $p -- ls -l /dev/infiniband | grep -Eq '^c.* uverbs0$' || fail "$p has no /dev/infiniband/uverbs0"
+	status=$(k get pod $p -o jsonpath='{.metadata.annotations.k8s\.v1\.cni\.cncf\.io/network-status}')
+	echo "$status" | tr -d ' \n' | grep -q '"pci":{"pci-address":"0000:04:00.0","rdma-device":"mlx5_0"' || fail "$p network-status device-info: $status"
+done
+slots=$(for p in roce-a roce-b; do pod_env $p | sed -n 's/^PCIDEVICE_RAILNET_IO_E2E_ROCE_INFO=//p'; done | grep -o '0000:04:00.0#[0-3]' | sort -u | wc -l)
+[ "$slots" = 2 ] || fail "roce-a and roce-b did not get two slots ($slots)"
+k exec roce-a -- ping -c 2 -W 2 -I net1 "$rb_ip" >/dev/null || fail "roce-a cannot ping roce-b over net1"
+k exec roce-b -- ping -c 2 -W 2 -I net1 "$ra_ip" >/dev/null || fail "roce-b cannot ping roce-a over net1"
+[ "$(pf_view)" = "$pf_before" ] || fail "rne2epf changed: $(pf_view), was $pf_before"
+inv=$(k -n railnet-system exec "$(agent_pod)" -c agent -- /usr/local/bin/railnetctl inventory --sysfs-root "$NODE_ROOT/sys" --state-dir /host/var/lib/cni/railnet)
+echo "$inv" | grep -q 'shared HCA 0000:04:00.0 (rne2epf): 2 slot(s) in use' || fail "railnetctl inventory does not show the slots: $inv"
+pass "shared RoCE: roce-a $ra_ip and roce-b $rb_ip on two slots of 0000:04:00.0 with macvlan children, ping each other; rne2epf unchanged; railnetctl inventory shows 2 slots in use"
+k delete pod roce-a roce-b --wait=true --timeout=60s >/dev/null
+[ "$(records)" = 2 ] || fail "records after deleting the RoCE pods: $(records), want 2"
+[ "$(pf_view)" = "$pf_before" ] || fail "rne2epf changed after DEL: $(pf_view)"
 
 # ---------------------------------------------------------------------------
 # The reconciler. What a sandbox removed without a CNI DEL leaves: a netns

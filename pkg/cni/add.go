@@ -41,6 +41,8 @@ type attachment struct {
 	settings netdev.VFSettings
 	parent   netlink.Link // a child's parent, in the host netns
 	result   *current.Result
+	// ipamSettled: the IPAM plugin refused ADD and its DEL has run.
+	ipamSettled bool
 }
 
 // A step is one part of an attachment. do is ADD's, and records what it is
@@ -245,8 +247,15 @@ func (a *attachment) reserve() (unlock func(), err error) {
 		held, herr = store.ByBDF(dev.BDF)
 	}
 	if herr == nil {
-		if held.ContainerID != args.ContainerID || held.IfName != args.IfName {
+		_, _, uid := podIdentity(args.Args)
+		// The same pod's earlier sandbox (the kubelet runs one at a time):
+		// it is dead, and its attachment goes as a retry's would.
+		earlier := uid != "" && held.PodUID == uid && held.IfName == args.IfName
+		if (held.ContainerID != args.ContainerID || held.IfName != args.IfName) && !earlier {
 			return nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("device %s is in use by container %s (%s)", a.deviceID, held.ContainerID, held.IfName), "")
+		}
+		if earlier && held.ContainerID != args.ContainerID {
+			a.log.Info("taking the device over from the pod's earlier sandbox", "device", a.deviceID, "earlier", held.ContainerID)
 		}
 		// The same attachment again (a runtime retrying after a crash):
 		// take the old one apart first.

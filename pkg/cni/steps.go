@@ -206,6 +206,17 @@ func (a *attachment) addIPAM() error {
 	}
 	r, err := delegate(args, "ADD", conf.IPAM.Type)
 	if err != nil {
+		if te, ok := config.IsTypeError(err); ok && te.Code != types.ErrTryAgainLater {
+			// The plugin ran and said no: by the spec it leaves nothing
+			// behind. Its DEL runs once, and whatever it says (it may
+			// refuse for the same reason, an unsupported version say), the
+			// rollback does not wait on it: a record kept for a DEL that
+			// can never succeed would hold the device for ever.
+			if derr := ipamDel(conf.IPAM.Type, a.rec); derr != nil {
+				a.log.Warn("IPAM DEL after a refused IPAM ADD", "err", derr)
+			}
+			a.ipamSettled = true
+		}
 		return asCNI(err, types.ErrInternal, "IPAM "+conf.IPAM.Type)
 	}
 	ipr, err := current.NewResultFromResult(r)
@@ -248,8 +259,11 @@ func (a *attachment) inPodNetns(fn func() error) error {
 
 func (a *attachment) releaseIPAM() error {
 	rec, conf := a.rec, a.conf
-	if conf == nil || conf.IPAM.Type == "" {
+	if conf == nil || conf.IPAM.Type == "" || a.ipamSettled {
 		return nil
+	}
+	if rec.Phase != state.PhaseIPAM && rec.Phase != state.PhaseDone {
+		return nil // IPAM never ran: the record says ipam before it starts
 	}
 	var errs []error
 	if rec.Phase == state.PhaseIPAM {
