@@ -148,7 +148,9 @@ func BenchmarkCNISharedConcurrent(b *testing.B) {
 		}
 		b.StopTimer()
 		for i := range n {
-			wg.Go(func() { errs[i] = e.cni.DelNetworkList(ctx, list, rt(fmt.Sprintf("cb%d", i), nss[i], "net1", e.slot(i))) })
+			wg.Go(func() {
+				errs[i] = e.cni.DelNetworkList(ctx, list, rt(fmt.Sprintf("cb%d", i), nss[i], "net1", e.slot(i)))
+			})
 		}
 		wg.Wait()
 		for i, err := range errs {

@@ -49,15 +49,15 @@ func checkFormat(f string, allowed ...string) error {
 
 // attachment is a CNI record as inventory shows it.
 type attachment struct {
-	DeviceID     string `json:"deviceID"`
-	BDF          string `json:"bdf"`
-	Attach       string `json:"attach"`
-	Parent       string `json:"parent,omitempty"` // a child link's parent netdev
-	IfName       string `json:"ifName"`
-	ContainerID  string `json:"containerID"`
-	Pod          string `json:"pod,omitempty"` // namespace/name
-	Network      string `json:"network"`
-	Phase        string `json:"phase"`
+	DeviceID    string `json:"deviceID"`
+	BDF         string `json:"bdf"`
+	Attach      string `json:"attach"`
+	Parent      string `json:"parent,omitempty"` // a child link's parent netdev
+	IfName      string `json:"ifName"`
+	ContainerID string `json:"containerID"`
+	Pod         string `json:"pod,omitempty"` // namespace/name
+	Network     string `json:"network"`
+	Phase       string `json:"phase"`
 }
 
 // attachments reads the CNI's records (root-only): what each device, and
