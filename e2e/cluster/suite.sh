@@ -171,7 +171,7 @@ ready roce-b || fail "pod roce-b not Ready: $(k describe pod roce-b | tail -5)"
 ra_ip=$(net1_ip roce-a); rb_ip=$(net1_ip roce-b)
 case "$ra_ip$rb_ip" in 10.78.0.*10.78.0.*) ;; *) fail "net1 addresses: roce-a '$ra_ip' roce-b '$rb_ip'" ;; esac
 for p in roce-a roce-b; do
-	k exec $p -- ip -d link show net1 | grep -q 'macvlan mode bridge' || fail "$p net1 is not a macvlan child: $(k exec $p -- ip -d link show net1)"
+	k exec $p -- ip link show net1 | grep -q "net1@if$(host cat /sys/class/net/rne2epf/ifindex):" || fail "$p net1 is not a child of rne2epf: $(k exec $p -- ip link show net1)"
 	pod_env $p | grep -qx 'NCCL_IB_HCA==mlx5_0' || fail "$p NCCL_IB_HCA: $(pod_env $p | grep NCCL)"
 	pod_env $p | grep -q '^NCCL_IB_GID_INDEX=' && fail "$p (RoCE) has NCCL_IB_GID_INDEX: the GID index is not known ahead"
 	k exec $p -- ls -l /dev/infiniband | grep -Eq '^c.* uverbs0$' || fail "$p has no /dev/infiniband/uverbs0"
@@ -185,6 +185,7 @@ k exec roce-b -- ping -c 2 -W 2 -I net1 "$ra_ip" >/dev/null || fail "roce-b cann
 [ "$(pf_view)" = "$pf_before" ] || fail "rne2epf changed: $(pf_view), was $pf_before"
 inv=$(k -n railnet-system exec "$(agent_pod)" -c agent -- /usr/local/bin/railnetctl inventory --sysfs-root "$NODE_ROOT/sys" --state-dir /host/var/lib/cni/railnet)
 echo "$inv" | grep -q 'shared HCA 0000:04:00.0 (rne2epf): 2 slot(s) in use' || fail "railnetctl inventory does not show the slots: $inv"
+[ "$(echo "$inv" | grep -c '0000:04:00.0#[0-3] *macvlan *default/roce-[ab]')" = 2 ] || fail "railnetctl inventory does not show the pods' macvlan slots: $inv"
 pass "shared RoCE: roce-a $ra_ip and roce-b $rb_ip on two slots of 0000:04:00.0 with macvlan children, ping each other; rne2epf unchanged; railnetctl inventory shows 2 slots in use"
 k delete pod roce-a roce-b --wait=true --timeout=60s >/dev/null
 [ "$(records)" = 2 ] || fail "records after deleting the RoCE pods: $(records), want 2"
