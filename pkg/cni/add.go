@@ -1,6 +1,7 @@
 package cni
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -43,6 +44,8 @@ type attachment struct {
 	result   *current.Result
 	// ipamSettled: the IPAM plugin refused ADD and its DEL has run.
 	ipamSettled bool
+	// extra is the result's "railnet" member (encryption), if any.
+	extra *encryptionInfo
 }
 
 // A step is one part of an attachment. do is ADD's, and records what it is
@@ -67,6 +70,7 @@ var steps = []step{
 	{"vf-settings", (*attachment).setVF, (*attachment).restoreVF, (*attachment).checkVF, false},
 	{"attach", (*attachment).attachLink, (*attachment).detachLink, (*attachment).checkLink, false},
 	{"ipam", (*attachment).addIPAM, (*attachment).releaseIPAM, (*attachment).checkIPAM, true},
+	{"encryption", (*attachment).encrypt, (*attachment).decrypt, (*attachment).checkEncryption, false},
 	{"announce", (*attachment).announce, nil, nil, false},
 	{"device-info", (*attachment).writeDeviceInfo, (*attachment).removeDeviceInfo, nil, false},
 }
@@ -113,7 +117,35 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		return err
 	}
 	log.Info("attached", "device", a.deviceID, "attach", a.attach, "hostName", a.rec.HostName, "vf", a.dev.VFIndex)
-	return types.PrintResult(a.result, conf.CNIVersion)
+	return printResult(a.result, conf.CNIVersion, a.extra)
+}
+
+// printResult prints the result, with a "railnet" member when there is
+// more to say than the spec's fields can (an encrypted attachment's key,
+// offload, and that RDMA traffic is not covered). Runtimes ignore it.
+func printResult(r *current.Result, version string, extra *encryptionInfo) error {
+	if extra == nil {
+		return types.PrintResult(r, version)
+	}
+	v, err := r.GetAsVersion(version)
+	if err != nil {
+		return err
+	}
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(b, &m); err != nil {
+		return err
+	}
+	m["railnet"], _ = json.Marshal(map[string]any{"encryption": extra})
+	out, err := json.MarshalIndent(m, "", "    ")
+	if err != nil {
+		return err
+	}
+	_, err = os.Stdout.Write(append(out, '\n'))
+	return err
 }
 
 func (a *attachment) close() {
@@ -166,6 +198,9 @@ func (a *attachment) validate() error {
 	}
 	if _, err := conf.DeviceInfoFile(); err != nil {
 		return err
+	}
+	if conf.Encryption != nil && dev.Userspace() {
+		return config.Error("encryption", "%s is bound to %s: its traffic never meets the kernel", dev.BDF, dev.Driver)
 	}
 	if a.attach == config.AttachMove {
 		if err := a.validateMove(); err != nil {

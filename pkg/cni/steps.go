@@ -262,7 +262,9 @@ func (a *attachment) releaseIPAM() error {
 	if conf == nil || conf.IPAM.Type == "" || a.ipamSettled {
 		return nil
 	}
-	if rec.Phase != state.PhaseIPAM && rec.Phase != state.PhaseDone {
+	switch rec.Phase {
+	case state.PhaseIPAM, state.PhaseEncrypt, state.PhaseDone:
+	default:
 		return nil // IPAM never ran: the record says ipam before it starts
 	}
 	var errs []error

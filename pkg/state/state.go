@@ -25,12 +25,13 @@ const DefaultDir = "/var/lib/cni/railnet"
 // Phases of an ADD, recorded before each step so a crash leaves a record
 // that says how far it got.
 const (
-	PhaseReserved = "reserved"  // record written, nothing touched
-	PhaseVFConfig = "vf-config" // VF settings being applied on the PF
-	PhaseMoving   = "moving"    // netdev between host, temp netns and pod
-	PhaseChild    = "child"     // child link being created in the pod netns
-	PhaseIPAM     = "ipam"      // IPAM ADD in progress
-	PhaseDone     = "done"      // ADD returned success
+	PhaseReserved = "reserved"   // record written, nothing touched
+	PhaseVFConfig = "vf-config"  // VF settings being applied on the PF
+	PhaseMoving   = "moving"     // netdev between host, temp netns and pod
+	PhaseChild    = "child"      // child link being created in the pod netns
+	PhaseIPAM     = "ipam"       // IPAM ADD in progress
+	PhaseEncrypt  = "encryption" // SAs and policies being installed
+	PhaseDone     = "done"       // ADD returned success
 )
 
 // VFState is a VF's settings as the PF reports them.
@@ -88,6 +89,9 @@ type Record struct {
 	// Child is the child link, for attach other than move.
 	Child *Child `json:"child,omitempty"`
 
+	// Encryption is what the encryption step installed (no key material).
+	Encryption *Encryption `json:"encryption,omitempty"`
+
 	VFOrig    *VFState `json:"vfOrig,omitempty"`    // VF settings before ADD
 	RDMAMoved bool     `json:"rdmaMoved,omitempty"` // exclusive mode: moved into the pod
 
@@ -104,6 +108,19 @@ type Child struct {
 	TempName    string `json:"tempName"` // the name it is created under
 	Mode        string `json:"mode,omitempty"`
 	PKey        uint16 `json:"pkey,omitempty"`
+}
+
+// Encryption says how an attachment is encrypted: enough for DEL to remove
+// it and for the DaemonSet to rotate its keys. Never key material.
+type Encryption struct {
+	Mode    string `json:"mode"`
+	Keys    string `json:"keys"`
+	Local   string `json:"local"`
+	Subnet  string `json:"subnet"`
+	IfIndex int    `json:"ifindex"`
+	Reqid   uint32 `json:"reqid"`
+	Offload string `json:"offload,omitempty"`
+	KeysDir string `json:"keysDir"`
 }
 
 // Shared reports whether the record is a child link on a shared device

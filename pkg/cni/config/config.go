@@ -220,6 +220,9 @@ type NetConf struct {
 	MacvlanMode string `json:"macvlanMode,omitempty"` // bridge (default) | private | vepa | passthru
 	IPVlanMode  string `json:"ipvlanMode,omitempty"`  // l2 (default) | l3 | l3s
 	PKey        *PKey  `json:"pkey,omitempty"`        // IPoIB partition: 0x0001-0x7fff
+
+	// Encryption of the attachment's traffic (docs/encryption.md).
+	Encryption *Encryption `json:"encryption,omitempty"`
 	LogLevel    string `json:"logLevel,omitempty"`
 
 	// Host paths: node settings, refused here unless the node allows them.
@@ -241,6 +244,26 @@ type RuntimeConfig struct {
 	DeviceID          string   `json:"deviceID,omitempty"`
 	CNIDeviceInfoFile string   `json:"CNIDeviceInfoFile,omitempty"`
 	Bandwidth         any      `json:"bandwidth,omitempty"`
+}
+
+// Encryption is the "encryption" member.
+type Encryption struct {
+	Mode     string `json:"mode"`              // ipsec
+	Keys     string `json:"keys"`              // the key file's name in the pod namespace's keys
+	Offload  string `json:"offload,omitempty"` // off (default) | preferred | required
+	MaxPeers int    `json:"maxPeers,omitempty"`
+}
+
+// DefaultMaxPeers bounds the subnet of an encrypted attachment: every
+// address in it is a peer with its own SAs.
+const DefaultMaxPeers = 1024
+
+// Peers is maxPeers or its default.
+func (e *Encryption) Peers() int {
+	if e.MaxPeers == 0 {
+		return DefaultMaxPeers
+	}
+	return e.MaxPeers
 }
 
 // Attach modes.
@@ -433,6 +456,29 @@ func (c *NetConf) Validate() error {
 			}
 		}
 	}
+	if e := c.Encryption; e != nil {
+		switch e.Mode {
+		case "ipsec":
+		case "macsec":
+			return Error("encryption.mode", "macsec is not available in this release; use ipsec")
+		default:
+			return Error("encryption.mode", "%q: want ipsec", e.Mode)
+		}
+		if why := keysName(e.Keys); why != "" {
+			return Error("encryption.keys", "%q: %s", e.Keys, why)
+		}
+		switch e.Offload {
+		case "", "off", "preferred", "required":
+		default:
+			return Error("encryption.offload", "%q: want off, preferred or required", e.Offload)
+		}
+		if e.MaxPeers < 0 || e.MaxPeers > 65536 {
+			return Error("encryption.maxPeers", "%d is outside 1-65536", e.MaxPeers)
+		}
+		if c.IPAM.Type == "" {
+			return Error("encryption", "needs ipam: the peers are the addresses of the attachment's subnet")
+		}
+	}
 	if g := c.RuntimeConfig.InfinibandGUID; g != "" {
 		hw, err := net.ParseMAC(g)
 		if err != nil || len(hw) != 8 {
@@ -453,6 +499,25 @@ func (c *NetConf) Validate() error {
 		return Error("logLevel", "%q: want debug, info, warning or error", c.LogLevel)
 	}
 	return nil
+}
+
+// keysName says why a keys name cannot name a key file ("" if it can):
+// one path component, a Secret key's characters.
+func keysName(s string) string {
+	switch {
+	case s == "":
+		return "missing"
+	case strings.Contains(s, "/"):
+		return "contains /: a keys name is a file name, not a path"
+	case strings.Contains(s, ".."):
+		return "contains .."
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
+			return "not a Secret key name (letters, digits, '.', '_', '-')"
+		}
+	}
+	return ""
 }
 
 func validDeviceID(s string) bool {
