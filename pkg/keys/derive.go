@@ -53,7 +53,9 @@ func SPIKeyID(spi uint32) uint8 { return uint8(spi >> 24) }
 // MACsecSAK is the MACsec secure association key of key id k: one per key
 // id, shared by every member of the network (each sender has its own SCI
 // and, with XPN, its own SSCI and salt, so no two senders share a nonce).
-func MACsecSAK(k Key) []byte { return derive(k.Secret, "macsec sak", Algorithms[k.Algorithm], []byte{k.ID}) }
+func MACsecSAK(k Key) []byte {
+	return derive(k.Secret, "macsec sak", Algorithms[k.Algorithm], []byte{k.ID})
+}
 
 // MACsecSalt is the 12-byte XPN salt of the SAs of key k.
 func MACsecSalt(k Key) []byte { return derive(k.Secret, "macsec salt", 12, []byte{k.ID}) }

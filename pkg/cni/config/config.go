@@ -223,7 +223,7 @@ type NetConf struct {
 
 	// Encryption of the attachment's traffic (docs/encryption.md).
 	Encryption *Encryption `json:"encryption,omitempty"`
-	LogLevel    string `json:"logLevel,omitempty"`
+	LogLevel   string      `json:"logLevel,omitempty"`
 
 	// Host paths: node settings, refused here unless the node allows them.
 	HostPaths
