@@ -163,7 +163,7 @@ func TestCNIOnNetdevsim(t *testing.T) {
 
 // mockedPF is a one-PF sysfs tree whose PF netdev is pf and whose VFs'
 // netdevs follow vfNetdev; VF n is 0000:b1:00.(n+1).
-func mockedPF(t *testing.T, pf, vfNetdev string, numVFs int) fakesys.Tree {
+func mockedPF(t testing.TB, pf, vfNetdev string, numVFs int) fakesys.Tree {
 	drv := "mlx5_core"
 	return fakesystest.OneNIC(t, fakesys.Node{Vendor: "0x15b3", Device: "0x101d", Class: "0x020000", Driver: &drv,
 		Netdev: pf, LinkLayer: "ethernet", MAC: "02:00:b1:00:00:00", MTU: 1500, SpeedMbps: 100000, OperState: "up",

@@ -119,7 +119,9 @@ func (c IPsec) desired(set *keys.Set, now time.Time, offload int) (map[saKey]sa,
 	for _, p := range Peers(c.Subnet, c.Local) {
 		pi := Index(c.Subnet, p)
 		for _, k := range set.Keys {
-			in := sa{src: p, dst: c.Local, spi: keys.SPI(k.ID, pi), reqid: c.Reqid, offload: offload}
+			// The receiver's window starts at the current epoch: the high
+			// word of every sender's sequence now.
+			in := sa{src: p, dst: c.Local, spi: keys.SPI(k.ID, pi), reqid: c.Reqid, offload: offload, seq: epochFloor(now)}
 			want[saKey{in.dst, in.spi}] = in
 		}
 		if ok {

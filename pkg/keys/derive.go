@@ -79,10 +79,12 @@ func SCI(a netip.Addr) uint64 {
 // index i: unique in the subnet.
 func SSCI(i uint32) uint32 { return i + 1 }
 
-// StartSequence is where a new SA's 64-bit outbound sequence (ESP, with
-// ESN) or packet number (MACsec XPN) starts: the time in nanoseconds. An
-// SA re-created for the same key and pair (a pod restarted with the same
-// address) starts above every number its predecessor used unless that
-// sent more than one packet per nanosecond, so no nonce repeats and the
-// peer's replay window accepts it at once.
-func StartSequence(now time.Time) uint64 { return uint64(now.UnixNano()) }
+// StartSequence is where a new SA's 64-bit outbound sequence (ESP with
+// ESN) starts: the time in microseconds. An SA re-created for the same key
+// and pair (a pod restarted with the same address) starts above every
+// number its predecessor used unless that one sent more than a million
+// packets a second over its whole life, so no nonce repeats and the peer's
+// replay window takes it at once. The high word (the time in units of
+// 2^32 µs, about 71.6 minutes) is what a receiver expects (see
+// docs/encryption.md).
+func StartSequence(now time.Time) uint64 { return uint64(now.UnixMicro()) }
