@@ -21,8 +21,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/railnet/railnet/pkg/agent"
+	"github.com/railnet/railnet/pkg/audit"
 	cniconfig "github.com/railnet/railnet/pkg/cni/config"
 	"github.com/railnet/railnet/pkg/deviceinfo"
+	"github.com/railnet/railnet/pkg/keys"
 	"github.com/railnet/railnet/pkg/deviceplugin"
 	"github.com/railnet/railnet/pkg/sysfs"
 )
@@ -55,6 +57,8 @@ type flags struct {
 	cniStateDir, cniPath                                                                              string
 	hostRoot, hostCNIBinary, podResources, cniNodeConfig                                              string
 	version, installOnly                                                                              bool
+	keysSecretDir, keysDir, cniKeysDir, auditFile                                                     string
+	keysInterval                                                                                      time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -83,6 +87,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.cniNodeConfig, "cni-node-config", "", "write the CNI's node settings (sysfs root, state dir) to this file (the host's /etc/railnet/cni.json)")
 	fs.StringVar(&f.hostCNIBinary, "host-cni-binary", "/opt/cni/bin/railnet", "with --host-root: the CNI binary the reconciler runs, as the host sees it")
 	fs.BoolVar(&f.installOnly, "install-only", false, "install the CNI binary (--install-cni-dir) and its node settings (--cni-node-config), then exit: an init container")
+	fs.StringVar(&f.keysSecretDir, "keys-secret-dir", "", "the encryption keys Secret's volume (entries <pod namespace>.<keys name>), mirrored onto --keys-dir; empty: keys are put on the host otherwise")
+	fs.StringVar(&f.keysDir, "keys-dir", keys.DefaultDir, "the host's keys directory as this process sees it (with the host's / at /host: /host"+keys.DefaultDir+")")
+	fs.StringVar(&f.cniKeysDir, "cni-keys-dir", keys.DefaultDir, "the keys directory as the host sees it, for the CNI's node settings")
+	fs.StringVar(&f.auditFile, "audit-file", audit.DefaultFile, "the audit log as the host sees it (CNI node settings, key rotation)")
+	fs.DurationVar(&f.keysInterval, "keys-interval", time.Minute, "rotate encrypted attachments' keys at least this often (also on key changes and at each sendAfter); 0 disables")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -134,7 +143,8 @@ func install(f *flags, log *slog.Logger) error {
 	}
 	if f.cniNodeConfig != "" {
 		if err := agent.WriteCNINodeConfig(f.cniNodeConfig, cniconfig.Node{
-			HostPaths: cniconfig.HostPaths{SysfsRoot: f.sys, DevfsRoot: f.dev, StateDir: f.cniStateDir}, DevInfoDir: f.devinfoDir}); err != nil {
+			HostPaths: cniconfig.HostPaths{SysfsRoot: f.sys, DevfsRoot: f.dev, StateDir: f.cniStateDir, KeysDir: f.cniKeysDir, AuditFile: f.auditFile},
+			DevInfoDir: f.devinfoDir}); err != nil {
 			return err
 		}
 		log.Info("wrote the CNI's node settings", "file", f.cniNodeConfig)
@@ -210,6 +220,13 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 		}()
 	} else {
 		close(reconciled)
+	}
+	if f.keysInterval > 0 {
+		// Encrypted attachments: the keys Secret onto the host, and each
+		// attachment's SAs kept what its key file says.
+		kk := &agent.KeyKeeper{SecretDir: f.keysSecretDir, KeysDir: f.keysDir, Interval: f.keysInterval, Log: log,
+			Rotator: &agent.KeyRotator{StateDir: f.cniStateDir, HostRoot: f.hostRoot, AuditFile: f.auditFile, Log: log, Lock: time.Second}}
+		go kk.Run(ctx)
 	}
 	// The manager outlives the agent: it stops (sockets and files removed)
 	// only once no rescan can update it any more, and after the

@@ -118,7 +118,7 @@ func (e *encEnv) args(cid, pod string, vf int, ip, subnet, keys string, extra ma
 		conf[k] = v
 	}
 	b, _ := json.Marshal(conf)
-	return &skel.CmdArgs{ContainerID: cid, Netns: pod, IfName: "net1", StdinData: b, Args: "K8S_POD_NAMESPACE=ml;K8S_POD_NAME=" + cid + ";K8S_POD_UID=uid-" + cid}
+	return &skel.CmdArgs{ContainerID: cid, Netns: pod, IfName: "net1", StdinData: b, Args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=ml;K8S_POD_NAME=" + cid + ";K8S_POD_UID=uid-" + cid}
 }
 
 func (e *encEnv) add(t testing.TB, a *skel.CmdArgs) ([]byte, error) {
@@ -616,7 +616,7 @@ func TestIPsecOffload(t *testing.T) {
 	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "nsim", "type": "railnet", "sysfsRoot": tree.Sys, "stateDir": e.state,
 		"deviceID": "0000:b1:00.0", "encryption": map[string]any{"mode": "ipsec", "keys": "k", "offload": "required"},
 		"ipam": map[string]any{"type": "host-local", "dataDir": e.ipam, "ranges": []any{[]any{map[string]string{"subnet": "198.18.133.0/28"}}}}})
-	nargs := &skel.CmdArgs{ContainerID: "nsim", Netns: nsPod, IfName: "net1", StdinData: conf, Args: "K8S_POD_NAMESPACE=ml;K8S_POD_NAME=nsim"}
+	nargs := &skel.CmdArgs{ContainerID: "nsim", Netns: nsPod, IfName: "net1", StdinData: conf, Args: "IgnoreUnknown=1;K8S_POD_NAMESPACE=ml;K8S_POD_NAME=nsim"}
 	res, err = e.add(t, nargs)
 	if err != nil {
 		t.Fatalf("offload required on netdevsim: %v", err)

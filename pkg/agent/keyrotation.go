@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"time"
 
@@ -30,10 +31,10 @@ type KeyRotator struct {
 // Once syncs every encrypted attachment once. It returns the next time a
 // key's sendAfter comes (zero: none) and how many attachments changed.
 func (r *KeyRotator) Once(now time.Time) (next time.Time, changed int, err error) {
-	store, err := state.Open(r.StateDir)
-	if err != nil {
-		return next, 0, err
+	if _, err := os.Stat(filepath.Join(r.StateDir, "records")); errors.Is(err, os.ErrNotExist) {
+		return next, 0, nil // no CNI record yet
 	}
+	store := state.ReadOnly(r.StateDir)
 	recs, errs := store.List()
 	for _, rec := range recs {
 		if rec.Encryption == nil || rec.Phase != state.PhaseDone {
