@@ -203,13 +203,24 @@ func (c IPsec) Sync(ns netns.NsHandle, set *keys.Set, now time.Time) (Report, er
 	if offload != 0 && len(adds) > 0 && len(have) == 0 {
 		first := adds[0]
 		err := x.batch([]req{{typ: msgNewSA, payload: first.newSA(), what: "offloaded SA"}})
+		if err == nil {
+			// A device without ESP offload takes the SA in software and
+			// says nothing: the dump tells.
+			err = x.offloaded(c.Reqid, first)
+			if err != nil && c.Offload == OffloadRequired {
+				x.batch([]req{{typ: msgDelSA, payload: usersaID(first.dst, first.spi), what: "delete SA", tolerate: unix.ESRCH}})
+			}
+			if err != nil && c.Offload != OffloadRequired {
+				rep.Added++ // kept, in software
+				adds = adds[1:]
+			}
+		}
 		if err != nil {
 			if c.Offload == OffloadRequired {
 				wipe(adds)
 				return rep, fmt.Errorf("%w: %v", ErrOffload, err)
 			}
 			rep.OffloadRefused = err
-			offload = 0
 			for i := range adds {
 				adds[i].offload = 0
 			}
@@ -279,6 +290,23 @@ func wipe(s []sa) {
 	for i := range s {
 		clear(s[i].material)
 	}
+}
+
+// offloaded says why the SA s is not offloaded (nil: it is).
+func (x *conn) offloaded(reqid uint32, s sa) error {
+	have, err := x.dumpStates(reqid)
+	if err != nil {
+		return err
+	}
+	for _, h := range have {
+		if h.dst == s.dst && h.spi == s.spi {
+			if h.offload {
+				return nil
+			}
+			return errors.New("the kernel took the SA in software: the device has no ESP offload")
+		}
+	}
+	return errors.New("the SA is not installed")
 }
 
 // Remove deletes this attachment's policies and states. Missing ones are

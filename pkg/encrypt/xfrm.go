@@ -93,9 +93,11 @@ func (s selector) put(b []byte) {
 	ne.PutUint32(b[48:52], uint32(int32(s.ifindex)))
 }
 
-// lifetimeInf fills xfrm_lifetime_cfg with "no limit".
+// lifetimeInf fills xfrm_lifetime_cfg with "no limit": the byte and
+// packet limits at XFRM_INF; the expiry times stay 0, which is "never"
+// (all ones would be a time long past).
 func lifetimeInf(b []byte) {
-	for i := 0; i < 64; i++ {
+	for i := 0; i < 32; i++ {
 		b[i] = 0xff
 	}
 }
