@@ -611,7 +611,7 @@ func TestIPsecOffload(t *testing.T) {
 
 	// netdevsim: its port as a whole netdev of a mocked PF.
 	port := newNetdevsimPF(t, 31, 0)
-	tree := mockedPF(t, port, "nsimvf{n}", 0)
+	tree := mockedNIC(t, port, "")
 	nsPod := e.pod(t)
 	conf, _ := json.Marshal(map[string]any{"cniVersion": "1.1.0", "name": "nsim", "type": "railnet", "sysfsRoot": tree.Sys, "stateDir": e.state,
 		"deviceID": "0000:b1:00.0", "encryption": map[string]any{"mode": "ipsec", "keys": "k", "offload": "required"},

@@ -205,7 +205,7 @@ func TestAddWithUnmovableRDMA(t *testing.T) {
 
 // mockedNIC is a one-NIC sysfs tree whose function's netdev and RDMA
 // device are real ones of this kernel.
-func mockedNIC(t *testing.T, netdevName, rdma string) fakesys.Tree {
+func mockedNIC(t testing.TB, netdevName, rdma string) fakesys.Tree {
 	drv := "mlx5_core"
 	return fakesystest.OneNIC(t, fakesys.Node{Vendor: "0x15b3", Device: "0x101d", Class: "0x020000", Driver: &drv,
 		Netdev: netdevName, LinkLayer: "ethernet", RDMA: rdma, MAC: "02:00:b1:00:00:00", NodeGUID: "0200:b1ff:fe00:0000",
