@@ -58,6 +58,7 @@ type attachment struct {
 	Pod         string `json:"pod,omitempty"` // namespace/name
 	Network     string `json:"network"`
 	Phase       string `json:"phase"`
+	Encryption  string `json:"encryption,omitempty"` // "ipsec (keys <name>)"
 }
 
 // attachments reads the CNI's records (root-only): what each device, and
@@ -82,6 +83,9 @@ func attachments(dir string) ([]attachment, error) {
 		}
 		if r.PodName != "" {
 			a.Pod = r.PodNamespace + "/" + r.PodName
+		}
+		if e := r.Encryption; e != nil {
+			a.Encryption = e.Mode + " (keys " + e.Keys + ")"
 		}
 		out = append(out, a)
 	}
@@ -151,15 +155,21 @@ func writeAttachments(out io.Writer, dir string, atts []attachment, err error) {
 		fmt.Fprintf(out, "  shared HCA %s (%s): %d slot(s) in use\n", bdf, slots[bdf][0].Parent, len(slots[bdf]))
 	}
 	tw := tabwriter.NewWriter(out, 0, 8, 2, ' ', 0)
-	fmt.Fprintln(tw, "  DEVICE\tATTACH\tPOD\tCONTAINER\tIFNAME\tNETWORK\tPHASE")
+	fmt.Fprintln(tw, "  DEVICE\tATTACH\tPOD\tCONTAINER\tIFNAME\tNETWORK\tPHASE\tENCRYPTION")
 	for _, a := range atts {
 		cid := a.ContainerID
 		if len(cid) > 12 {
 			cid = cid[:12]
 		}
-		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.DeviceID, a.Attach, orDash(a.Pod), cid, a.IfName, a.Network, a.Phase)
+		fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", a.DeviceID, a.Attach, orDash(a.Pod), cid, a.IfName, a.Network, a.Phase, orDash(a.Encryption))
 	}
 	tw.Flush()
+	for _, a := range atts {
+		if a.Encryption != "" {
+			fmt.Fprintln(out, "  Encrypted attachments: their IP traffic is ESP; RDMA (RoCE/InfiniBand verbs) traffic on the same devices is NOT encrypted (docs/encryption.md).")
+			break
+		}
+	}
 }
 
 func writeInventoryTable(out io.Writer, inv *discovery.Inventory, r *roots, summaryOnly bool) {

@@ -164,7 +164,8 @@ func TestInventoryAttachments(t *testing.T) {
 			PodNamespace: "ml", PodName: "trainer-0", Child: &state.Child{Kind: "macvlan", Parent: "enp65s0f0np0"}},
 		{ContainerID: "c1", IfName: "net1", DeviceID: "0000:41:00.0#3", BDF: "0000:41:00.0", Attach: "macvlan", Phase: "done", Network: "roce",
 			PodNamespace: "ml", PodName: "trainer-1", Child: &state.Child{Kind: "macvlan", Parent: "enp65s0f0np0"}},
-		{ContainerID: "c2", IfName: "net2", DeviceID: "0000:41:00.2", BDF: "0000:41:00.2", Phase: "done", Network: "sriov"},
+		{ContainerID: "c2", IfName: "net2", DeviceID: "0000:41:00.2", BDF: "0000:41:00.2", Phase: "done", Network: "sriov",
+			Encryption: &state.Encryption{Mode: "ipsec", Keys: "training-net"}},
 	} {
 		r.Created = time.Unix(int64(i), 0)
 		if err := store.Save(r); err != nil {
@@ -173,7 +174,7 @@ func TestInventoryAttachments(t *testing.T) {
 	}
 	table := mustRun(t, "inventory", "--sysfs-root", sys, "--devfs-root", dev, "--state-dir", dir)
 	for _, want := range []string{"Attachments (" + dir + "): 3", "shared HCA 0000:41:00.0 (enp65s0f0np0): 2 slot(s) in use",
-		"0000:41:00.0#3  macvlan  ml/trainer-1", "0000:41:00.2    move     -"} {
+		"0000:41:00.0#3  macvlan  ml/trainer-1", "0000:41:00.2    move     -", "ipsec (keys training-net)", "RDMA (RoCE/InfiniBand verbs) traffic on the same devices is NOT encrypted"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("table lacks %q:\n%s", want, table)
 		}
