@@ -216,6 +216,9 @@ func (c IPsec) Sync(ns netns.NsHandle, set *keys.Set, now time.Time) (Report, er
 			}
 		}
 		if err != nil {
+			if errors.Is(err, unix.EINVAL) {
+				err = fmt.Errorf("%w (a device must offload ESN sequence numbers, which railnet uses: the kernel asks its driver to advance them)", err)
+			}
 			if c.Offload == OffloadRequired {
 				wipe(adds)
 				return rep, fmt.Errorf("%w: %v", ErrOffload, err)
