@@ -249,15 +249,22 @@ func dial(ns netns.NsHandle) (*conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("xfrm netlink: %w", err)
 	}
-	// Room for a batch's acknowledgements.
-	unix.SetsockoptInt(s.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
+	// Room for a batch's acknowledgements (root may exceed rmem_max).
+	if unix.SetsockoptInt(s.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20) != nil {
+		unix.SetsockoptInt(s.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUF, 4<<20)
+	}
 	return &conn{s: s}, nil
 }
 
 func (c *conn) Close() { c.s.Close() }
 
-// batchMax bounds one sendmsg (below the socket's send buffer).
-const batchMax = 60 << 10
+// batchMax bounds one sendmsg (below the socket's send buffer), batchMsgs
+// the messages in it: each acknowledgement costs the receive buffer an
+// skb's truesize, not its 36 bytes.
+const (
+	batchMax  = 60 << 10
+	batchMsgs = 256
+)
 
 // req is one message of a batch and what to call it in errors.
 type req struct {
@@ -278,7 +285,7 @@ func (c *conn) batch(reqs []req) error {
 		for ; end < len(reqs); end++ {
 			r := &reqs[end]
 			l := 16 + len(r.payload)
-			if len(buf) > 0 && len(buf)+nlAlign(l) > batchMax {
+			if len(buf) > 0 && (len(buf)+nlAlign(l) > batchMax || end-start >= batchMsgs) {
 				break
 			}
 			c.seq++
