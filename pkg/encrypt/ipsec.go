@@ -141,10 +141,27 @@ func keyByID(set *keys.Set, id uint8) (keys.Key, bool) {
 	return keys.Key{}, false
 }
 
-// material fills in the derived key of an SA.
-func material(set *keys.Set, s *sa) {
-	k, _ := keyByID(set, keys.SPIKeyID(s.spi))
-	s.material = keys.ESP(k, s.src, s.dst)
+// deriver fills in SAs' derived keys, one HKDF extract per key id.
+type deriver struct {
+	set *keys.Set
+	by  map[uint8]*keys.ESPDeriver
+}
+
+func (d *deriver) material(s *sa) {
+	id := keys.SPIKeyID(s.spi)
+	e := d.by[id]
+	if e == nil {
+		k, _ := keyByID(d.set, id)
+		e = keys.NewESP(k)
+		d.by[id] = e
+	}
+	s.material = e.Derive(s.src, s.dst)
+}
+
+func (d *deriver) wipe() {
+	for _, e := range d.by {
+		e.Wipe()
+	}
 }
 
 func (c IPsec) policies() []policy {
@@ -193,9 +210,11 @@ func (c IPsec) Sync(ns netns.NsHandle, set *keys.Set, now time.Time) (Report, er
 	}
 	rep.Receiving = set.IDs()
 	var adds []sa
+	d := &deriver{set: set, by: map[uint8]*keys.ESPDeriver{}}
+	defer d.wipe()
 	for k, s := range want {
 		if _, ok := haveBy[k]; !ok {
-			material(set, &s)
+			d.material(&s)
 			adds = append(adds, s)
 		}
 	}

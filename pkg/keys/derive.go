@@ -37,9 +37,41 @@ func addr16(a netip.Addr) []byte {
 // AES-GCM key followed by rfc4106's 4-byte salt, as the kernel's
 // rfc4106(gcm(aes)) takes them. Each direction of each pair has its own
 // key, so a key's only sender is src.
-func ESP(k Key, src, dst netip.Addr) []byte {
-	return derive(k.Secret, "esp", Algorithms[k.Algorithm]+4, []byte{k.ID}, addr16(src), addr16(dst))
+func ESP(k Key, src, dst netip.Addr) []byte { return NewESP(k).Derive(src, dst) }
+
+// ESPDeriver derives many SAs' material under one key: HKDF's extract step
+// (the same for all of them) once, its expand step per SA.
+type ESPDeriver struct {
+	prk []byte
+	k   Key
 }
+
+// NewESP starts the derivations of key k.
+func NewESP(k Key) *ESPDeriver {
+	prk, err := hkdf.Extract(sha256.New, k.Secret, []byte(salt))
+	if err != nil {
+		panic(err)
+	}
+	return &ESPDeriver{prk: prk, k: k}
+}
+
+// Derive is ESP(k, src, dst).
+func (d *ESPDeriver) Derive(src, dst netip.Addr) []byte {
+	info := make([]byte, 0, 3+1+1+1+16+1+16)
+	info = append(info, "esp"...)
+	info = append(info, 0, d.k.ID, 0)
+	info = append(info, addr16(src)...)
+	info = append(info, 0)
+	info = append(info, addr16(dst)...)
+	out, err := hkdf.Expand(sha256.New, d.prk, string(info), Algorithms[d.k.Algorithm]+4)
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
+// Wipe clears the derivation key.
+func (d *ESPDeriver) Wipe() { clear(d.prk) }
 
 // SPI is the SPI of the SA from the peer with host index srcIndex in the
 // subnet under key id: the key id in the top byte, the index below. A
