@@ -24,8 +24,8 @@ import (
 	"github.com/railnet/railnet/pkg/audit"
 	cniconfig "github.com/railnet/railnet/pkg/cni/config"
 	"github.com/railnet/railnet/pkg/deviceinfo"
-	"github.com/railnet/railnet/pkg/keys"
 	"github.com/railnet/railnet/pkg/deviceplugin"
+	"github.com/railnet/railnet/pkg/keys"
 	"github.com/railnet/railnet/pkg/sysfs"
 )
 
@@ -143,7 +143,7 @@ func install(f *flags, log *slog.Logger) error {
 	}
 	if f.cniNodeConfig != "" {
 		if err := agent.WriteCNINodeConfig(f.cniNodeConfig, cniconfig.Node{
-			HostPaths: cniconfig.HostPaths{SysfsRoot: f.sys, DevfsRoot: f.dev, StateDir: f.cniStateDir, KeysDir: f.cniKeysDir, AuditFile: f.auditFile},
+			HostPaths:  cniconfig.HostPaths{SysfsRoot: f.sys, DevfsRoot: f.dev, StateDir: f.cniStateDir, KeysDir: f.cniKeysDir, AuditFile: f.auditFile},
 			DevInfoDir: f.devinfoDir}); err != nil {
 			return err
 		}

@@ -38,7 +38,7 @@ func TestNewSALayout(t *testing.T) {
 	b := s.newSA()
 	ne := binary.NativeEndian
 	for _, c := range []struct {
-		name     string
+		name      string
 		got, want any
 	}{
 		{"sel.family", ne.Uint16(b[40:42]), uint16(2)},
