@@ -134,7 +134,7 @@ func BenchmarkCNISharedConcurrent(b *testing.B) {
 		for i := range n {
 			wg.Go(func() {
 				s := time.Now()
-				_, errs[i] = e.cni.AddNetworkList(ctx, list, rt(fmt.Sprintf("cb%d", i), nss[i], "net1", e.slot(i)))
+				_, errs[i] = e.newCNI().AddNetworkList(ctx, list, rt(fmt.Sprintf("cb%d", i), nss[i], "net1", e.slot(i)))
 				lat[i] = time.Since(s)
 			})
 		}
@@ -149,7 +149,7 @@ func BenchmarkCNISharedConcurrent(b *testing.B) {
 		b.StopTimer()
 		for i := range n {
 			wg.Go(func() {
-				errs[i] = e.cni.DelNetworkList(ctx, list, rt(fmt.Sprintf("cb%d", i), nss[i], "net1", e.slot(i)))
+				errs[i] = e.newCNI().DelNetworkList(ctx, list, rt(fmt.Sprintf("cb%d", i), nss[i], "net1", e.slot(i)))
 			})
 		}
 		wg.Wait()

@@ -389,9 +389,9 @@ func TestCNISharedConcurrent(t *testing.T) {
 			wg.Go(func() {
 				rc := rt(fmt.Sprintf("cc%d", i), nss[i], "net1", e.slot(i))
 				if del {
-					errs[i] = e.cni.DelNetworkList(ctx, list, rc)
+					errs[i] = e.newCNI().DelNetworkList(ctx, list, rc)
 				} else {
-					_, errs[i] = e.cni.AddNetworkList(ctx, list, rc)
+					_, errs[i] = e.newCNI().AddNetworkList(ctx, list, rc)
 				}
 			})
 		}

@@ -100,6 +100,12 @@ func newCNIEnv(tb testing.TB, pairs int, opts ...func(*fakesys.Node)) *cniEnv {
 	return e
 }
 
+// newCNI is a libcni of its own: a CNIConfig initialises itself on first
+// use, which concurrent callers must not share.
+func (e *cniEnv) newCNI() *libcni.CNIConfig {
+	return libcni.NewCNIConfigWithCacheDir([]string{binDir, cniPluginDir}, e.cache, nil)
+}
+
 func (e *cniEnv) cleanup() {
 	for _, n := range e.nss {
 		exec.Command("ip", "netns", "del", n).Run()
