@@ -241,6 +241,11 @@ case "$c_bdf" in "${vf_of[vf-a]}" | "${vf_of[vf-b]}" | "") fail "vf-c got $c_bdf
 pass "vf-c got $c_bdf, not a device a running pod holds"
 
 say "restart the DaemonSet pod"
+# The encryption keys Secret, mounted from the next agent pod on: its
+# entries <namespace>.<name> land on the host as /etc/railnet/keys/<ns>/<name>.
+host sh -c 'rm -rf /etc/railnet/keys/e2e-ns'
+k -n railnet-system create secret generic railnet-keys \
+	--from-literal=e2e-ns.fabric="1 aes-gcm-128 00112233445566778899aabbccddeeff" >/dev/null
 old=$(agent_pod)
 k -n railnet-system delete pod "$old" --wait=true >/dev/null
 until_ok 60 new_agent "$old" || fail "no new agent pod"
@@ -251,6 +256,14 @@ sleep 6 # a reconciler pass or more
 for p in vf-a vf-b vf-c; do k exec $p -- ip link show net1 >/dev/null || fail "$p lost net1 after the agent restart"; done
 [ "$(records)" = 3 ] || fail "records after agent restart: $(records), want 3"
 pass "agent restart: pools re-registered ($(agent_pod)), running pods keep their VFs"
+keys_mirrored() { [ "$(host stat -c '%a %u' /etc/railnet/keys/e2e-ns/fabric 2>/dev/null)" = "400 0" ]; }
+until_ok 30 keys_mirrored || fail "the keys Secret is not on the host: $(host ls -la /etc/railnet/keys/e2e-ns 2>&1)"
+[ "$(host stat -c '%a' /etc/railnet/keys/e2e-ns)" = 700 ] || fail "keys namespace directory mode $(host stat -c '%a' /etc/railnet/keys/e2e-ns)"
+host grep -q '^1 aes-gcm-128 ' /etc/railnet/keys/e2e-ns/fabric || fail "mirrored key file content differs"
+k -n railnet-system logs "$(agent_pod)" -c agent | grep -q '00112233445566778899aabbccddeeff' && fail "key material in the agent's log"
+pass "keys Secret mirrored onto the host: /etc/railnet/keys/e2e-ns/fabric 0400 root in a 0700 directory; no key in the log"
+host sh -c 'rm -rf /etc/railnet/keys/e2e-ns'
+k -n railnet-system delete secret railnet-keys >/dev/null
 
 # ---------------------------------------------------------------------------
 say "PF link down"

@@ -242,7 +242,7 @@ func (c *capture) analyse() (esp []espPacket, clear int) {
 }
 
 // echo serves UDP echo in a pod at addr:7008 until closed.
-func echo(t *testing.T, pod, addr string) net.PacketConn {
+func echo(t testing.TB, pod, addr string) net.PacketConn {
 	t.Helper()
 	n, _ := ns.GetNS(pod)
 	defer n.Close()
@@ -269,7 +269,7 @@ func echo(t *testing.T, pod, addr string) net.PacketConn {
 }
 
 // dialer is a UDP socket in a pod, connected to addr:7008.
-func dialer(t *testing.T, pod, addr string) net.Conn {
+func dialer(t testing.TB, pod, addr string) net.Conn {
 	t.Helper()
 	n, _ := ns.GetNS(pod)
 	defer n.Close()
@@ -673,6 +673,74 @@ func BenchmarkEncryptedAdd(b *testing.B) {
 				b.StartTimer()
 			}
 			b.ReportMetric(float64(add.Microseconds())/float64(n), "add-µs/op")
+		})
+	}
+}
+
+// BenchmarkPodTraffic is traffic between two pods on one link, plain and
+// through ESP: UDP round trips (rtt-µs) and a TCP stream (MB/s).
+func BenchmarkPodTraffic(b *testing.B) {
+	for _, enc := range []bool{false, true} {
+		name := map[bool]string{false: "plain", true: "ipsec"}[enc]
+		e := newEncEnv(b, map[bool]string{false: "tfp", true: "tfe"}[enc], 1)
+		e.writeKeys(b, "t", "1 aes-gcm-128 "+keyA+"\n")
+		keysName := ""
+		if enc {
+			keysName = "t"
+		}
+		a, c := e.pod(b), e.pod(b)
+		for i, p := range []string{a, c} {
+			if _, err := e.add(b, e.args(fmt.Sprintf("tf%d", i), p, i, fmt.Sprintf("198.18.137.%d", 10+i), "198.18.137.0/24", keysName, nil)); err != nil {
+				b.Fatal(err)
+			}
+		}
+		b.Run(name+"/udp-rtt", func(b *testing.B) {
+			echo(b, c, "198.18.137.11")
+			conn := dialer(b, a, "198.18.137.11")
+			roundTrip(conn, -1, time.Second)
+			n := 0
+			start := time.Now()
+			for b.Loop() {
+				if !roundTrip(conn, n, time.Second) {
+					b.Fatal("lost")
+				}
+				n++
+			}
+			b.ReportMetric(float64(time.Since(start).Microseconds())/float64(n), "rtt-µs")
+		})
+		b.Run(name+"/tcp", func(b *testing.B) {
+			var ln net.Listener
+			cn, _ := ns.GetNS(c)
+			cn.Do(func(ns.NetNS) error {
+				var err error
+				ln, err = net.Listen("tcp4", "198.18.137.11:7009")
+				return err
+			})
+			cn.Close()
+			defer ln.Close()
+			go func() {
+				s, err := ln.Accept()
+				if err == nil {
+					io.Copy(io.Discard, s)
+					s.Close()
+				}
+			}()
+			var conn net.Conn
+			an, _ := ns.GetNS(a)
+			an.Do(func(ns.NetNS) error {
+				var err error
+				conn, err = net.Dial("tcp4", "198.18.137.11:7009")
+				return err
+			})
+			an.Close()
+			defer conn.Close()
+			buf := bytes.Repeat([]byte("x"), 64<<10)
+			b.SetBytes(int64(len(buf)))
+			for b.Loop() {
+				if _, err := conn.Write(buf); err != nil {
+					b.Fatal(err)
+				}
+			}
 		})
 	}
 }

@@ -121,6 +121,7 @@ rc=\$?
 # Benchmarks that need this kernel (ESP): once, in the shared-mode boot.
 if grep -q railnet.mode=shared /proc/cmdline; then
   CNI_PATH=/opt/cni/bin /railnet-kernel.test -test.run '^\$' -test.bench EncryptedAdd -test.benchtime 3x -test.timeout 120s || rc=1
+  CNI_PATH=/opt/cni/bin /railnet-kernel.test -test.run '^\$' -test.bench PodTraffic -test.benchtime 1s -test.timeout 120s || rc=1
 fi
 echo "RAILNET-KERNEL-RESULT rc=\$rc"
 poweroff -f
