@@ -18,6 +18,7 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 
+	"github.com/railnet/railnet/pkg/keys"
 	"github.com/railnet/railnet/pkg/sysfs"
 )
 
@@ -504,20 +505,10 @@ func (c *NetConf) Validate() error {
 // keysName says why a keys name cannot name a key file ("" if it can):
 // one path component, a Secret key's characters.
 func keysName(s string) string {
-	switch {
-	case s == "":
+	if s == "" {
 		return "missing"
-	case strings.Contains(s, "/"):
-		return "contains /: a keys name is a file name, not a path"
-	case strings.Contains(s, ".."):
-		return "contains .."
 	}
-	for _, r := range s {
-		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-') {
-			return "not a Secret key name (letters, digits, '.', '_', '-')"
-		}
-	}
-	return ""
+	return keys.ValidName(s)
 }
 
 func validDeviceID(s string) bool {
