@@ -183,3 +183,41 @@ func TestCNIEncryptionOnThisKernel(t *testing.T) {
 	noKeyMaterial(t, texts, e.state, filepath.Dir(n.audit), filepath.Dir(n.logFile))
 	_ = libcni.RuntimeConf{}
 }
+
+// MACsec on this kernel: where it has no macsec, ADD says so and takes the
+// device, the address and the record back (the kernel tier proves the
+// traffic); where it has, net1 is a macsec link.
+func TestCNIMACsecOnThisKernel(t *testing.T) {
+	newEncNode(t, map[string]string{"good": "1 aes-gcm-128 " + testKeyHex + "\n", "mixed": "1 aes-gcm-128 " + testKeyHex + "\n5 aes-gcm-128 " + testKeyHex + "\n"})
+	e := newCNIEnv(t, 1)
+	ctx := context.Background()
+	pod := e.netns(t)
+	orig, _ := hostLink(t, e.vfName(0))
+	bad := e.conflist(t, "1.1.0", map[string]any{"encryption": map[string]any{"mode": "macsec", "keys": "mixed"}})
+	rc := rt("enc", pod, "net1", vfBDF(0))
+	rc.Args = podArgs("ml", "trainer")
+	if _, err := e.cni.AddNetworkList(ctx, bad, rc); cniCode(err) != 7 || !strings.Contains(err.Error(), "would share one") {
+		t.Fatalf("keys 1 and 5 share MACsec AN 1: %v", err)
+	}
+	list := e.conflist(t, "1.1.0", map[string]any{"encryption": map[string]any{"mode": "macsec", "keys": "good"}})
+	if _, err := e.cni.AddNetworkList(ctx, list, rc); err == nil {
+		out, _ := exec.Command("ip", "-n", filepath.Base(pod), "-d", "link", "show", "net1").CombinedOutput()
+		if !strings.Contains(string(out), "macsec") {
+			t.Errorf("net1 is not a macsec link: %s", out)
+		}
+		if err := e.cni.DelNetworkList(ctx, list, rc); err != nil {
+			t.Fatal(err)
+		}
+	} else if !strings.Contains(err.Error(), "macsec") {
+		t.Fatalf("ADD on a kernel without MACsec: %v", err)
+	}
+	if now, ok := hostLink(t, e.vfName(0)); !ok || now.MAC != orig.MAC || now.Name != orig.Name {
+		t.Errorf("the VF is not back as it was: %+v", now)
+	}
+	if recs, _ := filepath.Glob(filepath.Join(e.state, "records", "*.json")); len(recs) != 0 {
+		t.Errorf("records left: %v", recs)
+	}
+	if l := leases(t, e.ipamDir); len(l) != 0 {
+		t.Errorf("leases left %v", l)
+	}
+}

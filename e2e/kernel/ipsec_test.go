@@ -141,7 +141,10 @@ type capture struct {
 	done   chan struct{}
 }
 
-func startCapture(t *testing.T, pod string) *capture {
+func startCapture(t *testing.T, pod string) *capture { return startCaptureOn(t, pod, "net1") }
+
+// startCaptureOn records the frames link ifName of a pod sees.
+func startCaptureOn(t *testing.T, pod, ifName string) *capture {
 	t.Helper()
 	c := &capture{done: make(chan struct{})}
 	n, err := ns.GetNS(pod)
@@ -150,7 +153,7 @@ func startCapture(t *testing.T, pod string) *capture {
 	}
 	defer n.Close()
 	err = n.Do(func(ns.NetNS) error {
-		ifc, err := net.InterfaceByName("net1")
+		ifc, err := net.InterfaceByName(ifName)
 		if err != nil {
 			return err
 		}

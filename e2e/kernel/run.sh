@@ -84,7 +84,7 @@ ln -sf kmod "$ir/sbin/insmod"
 copy_bin "$(command -v ip)" /sbin/ip
 copy_bin "$(command -v rdma)" /sbin/rdma
 copy_bin "$(command -v devlink)" /sbin/devlink
-modules=(veth dummy macvlan ipvlan macsec esp4 esp4_offload xfrm_user ib_core ib_uverbs rdma_ucm rdma_rxe nfnetlink psample)
+modules=(veth dummy macvlan ipvlan nlmon macsec esp4 esp4_offload xfrm_user ib_core ib_uverbs rdma_ucm rdma_rxe nfnetlink psample)
 mroot=$kdir/root/lib/modules/$kver
 for m in "${modules[@]}"; do
   modprobe -d "$kdir/root" -S "$kver" --show-depends "$m" | awk '/^insmod/{print $2}'

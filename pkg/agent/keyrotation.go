@@ -8,11 +8,10 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/vishvananda/netns"
-
 	"github.com/railnet/railnet/pkg/audit"
 	"github.com/railnet/railnet/pkg/encrypt"
 	"github.com/railnet/railnet/pkg/keys"
+	"github.com/railnet/railnet/pkg/netdev"
 	"github.com/railnet/railnet/pkg/state"
 )
 
@@ -86,12 +85,22 @@ func (r *KeyRotator) one(store *state.Store, rec *state.Record, now time.Time) (
 		r.audit(ev)
 		return time.Time{}, false, err
 	}
-	h, err := netns.GetFromPath(r.host(rec.Netns))
+	pod, err := netdev.OpenNamespace(r.host(rec.Netns))
 	if err != nil {
 		return time.Time{}, false, nil // the pod's netns is gone; DEL or the reconciler follow
 	}
-	defer h.Close()
-	rep, err := encrypt.FromRecord(e).Sync(h, set, now)
+	defer pod.Close()
+	var rep encrypt.Report
+	if e.MACsec != nil {
+		var st state.MACsec
+		st, rep, err = encrypt.MACsecFromRecord(e, rec.IfName).Sync(pod, e.MACsec.IfIndex, set, now, e.MACsec)
+		if err == nil && (rep.Added > 0 || rep.Removed > 0 || rep.Advanced > 0) {
+			e.MACsec = &st
+			err = store.Save(rec)
+		}
+	} else {
+		rep, err = encrypt.FromRecord(e).Sync(pod.NS, set, now)
+	}
 	if err != nil {
 		return time.Time{}, false, err
 	}

@@ -140,7 +140,11 @@ func (a *attachment) addChild(iface *current.Interface) error {
 // partition) with the netconf's MTU.
 func (a *attachment) checkChild() error {
 	rc := a.rec.Child
-	got, err := a.p.children().Read(a.host, a.pod, a.args.IfName)
+	name := a.args.IfName
+	if e := a.rec.Encryption; e != nil && e.MACsec != nil {
+		name = e.MACsec.Lower // the child is beneath the macsec link
+	}
+	got, err := a.p.children().Read(a.host, a.pod, name)
 	if err != nil {
 		return typed(types.ErrInternal, "read "+a.args.IfName, err)
 	}

@@ -1,6 +1,8 @@
 package cni
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -101,6 +103,9 @@ func (a *attachment) encrypt() error {
 	}
 	a.rec.Encryption = &state.Encryption{Mode: e.Mode, Keys: e.Keys, Local: local.String(), Subnet: subnet.String(),
 		IfIndex: l.Attrs().Index, Reqid: uint32(l.Attrs().Index), Offload: e.Offload, KeysDir: a.keysDir()}
+	if e.Mode == "macsec" {
+		return a.encryptMACsec(e, set, local, subnet, peers)
+	}
 	if err := a.save(state.PhaseEncrypt); err != nil {
 		return err
 	}
@@ -122,6 +127,12 @@ func (a *attachment) encrypt() error {
 	if rep.Offloaded {
 		info.Offload = "device"
 	}
+	a.installed(e, info, rep)
+	return nil
+}
+
+// installed says what was installed: the result, RDMA honesty, audit.
+func (a *attachment) installed(e *config.Encryption, info *encryptionInfo, rep encrypt.Report) {
 	if a.dev.RDMA != "" && a.conf.RDMA != "off" {
 		msg := fmt.Sprintf("%s: %s", a.dev.RDMA, RDMANotCovered)
 		info.RDMA = &msg
@@ -130,6 +141,53 @@ func (a *attachment) encrypt() error {
 	a.extra = info
 	a.audit(audit.Event{Event: audit.KeyInstall, Mode: e.Mode, Keys: e.Keys, KeyID: int(rep.Sender), KeyIDs: rep.Receiving, Outcome: "ok"})
 	a.audit(audit.Event{Event: audit.Attach, Mode: e.Mode, Keys: e.Keys, KeyID: int(rep.Sender), KeyIDs: rep.Receiving, Outcome: "ok"})
+}
+
+// macsecNames are the lower's name and the macsec link's alias, from the
+// attachment's identity.
+func macsecNames(containerID, ifName string) (lower, alias string) {
+	sum := sha256.Sum256([]byte("macsec\x00" + containerID + "\x00" + ifName))
+	h := hex.EncodeToString(sum[:])
+	return "rnl" + h[:12], "railnet-macsec:" + h[:32]
+}
+
+func macsecOf(e *state.Encryption, ifName string) encrypt.MACsec { return encrypt.MACsecFromRecord(e, ifName) }
+
+// encryptMACsec puts a macsec link named CNI_IFNAME on the pod's device
+// (renamed beneath it): the addresses go on the macsec link only.
+func (a *attachment) encryptMACsec(e *config.Encryption, set *keys.Set, local netip.Addr, subnet netip.Prefix, peers int) error {
+	if err := encrypt.CheckMACsecKeys(set); err != nil {
+		return a.refuse(e, config.Error("encryption.keys", "%v", err))
+	}
+	if e.Offload == encrypt.OffloadRequired {
+		return a.refuse(e, config.Error("encryption.offload", "required: railnet does not offload MACsec in this release (preferred or off)"))
+	}
+	lower, alias := macsecNames(a.args.ContainerID, a.args.IfName)
+	a.rec.Encryption.MACsec = &state.MACsec{Lower: lower, Alias: alias}
+	if err := a.save(state.PhaseEncrypt); err != nil {
+		return err
+	}
+	m := macsecOf(a.rec.Encryption, a.args.IfName)
+	now := time.Now()
+	ifindex, err := m.Create(a.pod, set, now)
+	if err != nil {
+		return typed(types.ErrInternal, "create the macsec link", err)
+	}
+	st, rep, err := m.Sync(a.pod, ifindex, set, now, nil)
+	a.rec.Encryption.MACsec = &st
+	if err != nil {
+		return typed(types.ErrInternal, "install MACsec", err)
+	}
+	if err := a.save(""); err != nil {
+		return err
+	}
+	if e.Offload == encrypt.OffloadPreferred {
+		a.log.Warn("MACsec offload is not asked of the device in this release; encrypting in software", "ifname", a.args.IfName)
+	}
+	if l, err := a.pod.Handle.LinkByName(a.args.IfName); err == nil && len(a.result.Interfaces) > 0 {
+		a.result.Interfaces[0].Mac, a.result.Interfaces[0].Mtu = l.Attrs().HardwareAddr.String(), l.Attrs().MTU
+	}
+	a.installed(e, &encryptionInfo{Mode: e.Mode, Keys: e.Keys, KeyID: rep.Sender, Peers: peers, Offload: "software"}, rep)
 	return nil
 }
 
@@ -144,7 +202,12 @@ func (a *attachment) decrypt() error {
 	}
 	outcome := "ok"
 	var err error
-	if a.pod != nil {
+	if a.pod != nil && e.MACsec != nil {
+		if err = macsecOf(e, a.rec.IfName).Remove(a.pod); err != nil {
+			outcome = err.Error()
+			err = fmt.Errorf("remove MACsec: %w", err)
+		}
+	} else if a.pod != nil {
 		if err = ipsecOf(e).Remove(a.pod.NS); err != nil {
 			outcome = err.Error()
 			err = fmt.Errorf("remove IPsec: %w", err)
@@ -159,6 +222,12 @@ func (a *attachment) checkEncryption(*current.Result) error {
 	if e == nil {
 		if a.conf.Encryption != nil {
 			return types.NewError(types.ErrInternal, "the network asks for encryption and the attachment has none", "")
+		}
+		return nil
+	}
+	if e.MACsec != nil {
+		if err := macsecOf(e, a.args.IfName).Check(a.pod); err != nil {
+			return typed(types.ErrInternal, "MACsec of "+a.args.IfName, err)
 		}
 		return nil
 	}

@@ -230,20 +230,8 @@ func (a *attachment) addIPAM() error {
 		ip.Interface = current.Int(0)
 	}
 	a.result.IPs, a.result.Routes, a.result.DNS = ipr.IPs, ipr.Routes, ipr.DNS
-	if !a.inPod() {
-		return nil
-	}
-	// The link is down: ConfigureIface adds the addresses, then brings it
-	// up, and with arp_notify and ndisc_notify set the kernel announces
-	// them as it comes up (gratuitous ARP per IPv4 address, unsolicited
-	// neighbour advertisements), with nothing to open, send or close here.
-	err = a.inPodNetns(func() error {
-		notify(args.IfName)
-		return ipam.ConfigureIface(args.IfName, a.result)
-	})
-	if err != nil {
-		return typed(types.ErrInternal, "configure addresses on "+args.IfName, err)
-	}
+	// The addresses go on the link in "announce", after "encryption":
+	// nothing leaves the pod before its traffic is protected.
 	return nil
 }
 
@@ -324,12 +312,25 @@ func (a *attachment) checkIPAM(prev *current.Result) error {
 	return nil
 }
 
-// Step "announce": the link comes up with its addresses on it, which the
-// kernel announces (arp_notify, ndisc_notify). With IPAM, ConfigureIface
-// brought it up; without, it comes up here (nothing to undo).
+// Step "announce": the addresses on the pod's link (the macsec link, with
+// MACsec), then the link up, which the kernel announces: with arp_notify
+// and ndisc_notify set, a gratuitous ARP per IPv4 address and unsolicited
+// neighbour advertisements as it comes up, with nothing to open, send or
+// close here (a packet socket's close waits an RCU grace period). Nothing
+// to undo: the addresses go with the link.
 
 func (a *attachment) announce() error {
-	if !a.inPod() || (a.conf.IPAM.Type != "" && len(a.result.IPs) > 0) {
+	if !a.inPod() {
+		return nil
+	}
+	if a.conf.IPAM.Type != "" && len(a.result.IPs) > 0 {
+		err := a.inPodNetns(func() error {
+			notify(a.args.IfName)
+			return ipam.ConfigureIface(a.args.IfName, a.result)
+		})
+		if err != nil {
+			return typed(types.ErrInternal, "configure addresses on "+a.args.IfName, err)
+		}
 		return nil
 	}
 	l, err := a.pod.Handle.LinkByName(a.args.IfName)

@@ -244,10 +244,14 @@ type conn struct {
 	seq uint32
 }
 
-func dial(ns netns.NsHandle) (*conn, error) {
-	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), unix.NETLINK_XFRM)
+func dial(ns netns.NsHandle) (*conn, error) { return dialProto(ns, unix.NETLINK_XFRM) }
+
+// dialProto is a netlink socket of protocol proto in a namespace, for
+// batches.
+func dialProto(ns netns.NsHandle, proto int) (*conn, error) {
+	s, err := nl.GetNetlinkSocketAt(ns, netns.None(), proto)
 	if err != nil {
-		return nil, fmt.Errorf("xfrm netlink: %w", err)
+		return nil, fmt.Errorf("netlink (protocol %d): %w", proto, err)
 	}
 	// Room for a batch's acknowledgements (root may exceed rmem_max).
 	if unix.SetsockoptInt(s.GetFd(), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 4<<20) != nil {

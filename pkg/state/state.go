@@ -121,6 +121,19 @@ type Encryption struct {
 	Reqid   uint32 `json:"reqid"`
 	Offload string `json:"offload,omitempty"`
 	KeysDir string `json:"keysDir"`
+	// MACsec: the link railnet made and what is installed on it.
+	MACsec *MACsec `json:"macsec,omitempty"`
+}
+
+// MACsec is an attachment's MACsec link: it carries CNI_IFNAME and the
+// addresses; Lower is the pod's device renamed beneath it.
+type MACsec struct {
+	Lower   string  `json:"lower"`
+	Alias   string  `json:"alias"`
+	IfIndex int     `json:"ifindex"`
+	KeyIDs  []uint8 `json:"keyIDs,omitempty"` // installed for receiving
+	Sender  uint8   `json:"sender,omitempty"`
+	Epoch   uint64  `json:"epoch,omitempty"` // packet numbers moved up to this epoch
 }
 
 // Shared reports whether the record is a child link on a shared device

@@ -249,7 +249,7 @@ type RuntimeConfig struct {
 
 // Encryption is the "encryption" member.
 type Encryption struct {
-	Mode     string `json:"mode"`              // ipsec
+	Mode     string `json:"mode"`              // ipsec | macsec
 	Keys     string `json:"keys"`              // the key file's name in the pod namespace's keys
 	Offload  string `json:"offload,omitempty"` // off (default) | preferred | required
 	MaxPeers int    `json:"maxPeers,omitempty"`
@@ -461,9 +461,11 @@ func (c *NetConf) Validate() error {
 		switch e.Mode {
 		case "ipsec":
 		case "macsec":
-			return Error("encryption.mode", "macsec is not available in this release; use ipsec")
+			if c.Attach == AttachIPVlan || c.Attach == AttachIPoIB {
+				return Error("encryption.mode", "macsec needs its own Ethernet link: not on an %s child", c.Attach)
+			}
 		default:
-			return Error("encryption.mode", "%q: want ipsec", e.Mode)
+			return Error("encryption.mode", "%q: want ipsec or macsec", e.Mode)
 		}
 		if why := keysName(e.Keys); why != "" {
 			return Error("encryption.keys", "%q: %s", e.Keys, why)
