@@ -151,7 +151,9 @@ func macsecNames(containerID, ifName string) (lower, alias string) {
 	return "rnl" + h[:12], "railnet-macsec:" + h[:32]
 }
 
-func macsecOf(e *state.Encryption, ifName string) encrypt.MACsec { return encrypt.MACsecFromRecord(e, ifName) }
+func macsecOf(e *state.Encryption, ifName string) encrypt.MACsec {
+	return encrypt.MACsecFromRecord(e, ifName)
+}
 
 // encryptMACsec puts a macsec link named CNI_IFNAME on the pod's device
 // (renamed beneath it): the addresses go on the macsec link only.
