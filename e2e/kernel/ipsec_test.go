@@ -437,7 +437,7 @@ func TestIPsecPods(t *testing.T) {
 	if clear+clearB != 0 {
 		t.Errorf("%d frames carried the payload in clear", clear+clearB)
 	}
-	if len(esp) < 10 || len(espB) < 8 {
+	if len(esp) < 6 || len(espB) < 6 {
 		t.Errorf("ESP frames seen: %d on a, %d on b", len(esp), len(espB))
 	}
 	seen := map[[2]uint32]bool{}

@@ -135,7 +135,7 @@ for mode in shared exclusive; do
   [ "$mode" = exclusive ] && append="$append ib_core.netns_mode=0"
   echo "== kernel tier: $kver, RDMA netns mode $mode"
   log=$work/console-$mode.log
-  timeout 300 qemu-system-x86_64 -machine pc -accel tcg -cpu qemu64 -smp 1 -m 512 -nographic -no-reboot -nic none \
+  timeout 300 qemu-system-x86_64 -machine pc -accel tcg -cpu max -smp 1 -m 512 -nographic -no-reboot -nic none \
     -kernel "$kdir/root/boot/vmlinuz-$kver" -initrd "$work/initramfs.gz" -append "$append" </dev/null >"$log" 2>&1 || true
   tr -d '\r' <"$log" | grep -E '^(=== RUN|--- (PASS|FAIL|SKIP)|PASS|FAIL|ok|Benchmark|RAILNET-KERNEL|modprobe .* failed|panic:)|^[[:space:]]+[^[:space:]]+\.go:[0-9]+:' || true
   rc=$(tr -d '\r' <"$log" | sed -n 's/^RAILNET-KERNEL-RESULT rc=\([0-9]*\).*/\1/p' | tail -1)
