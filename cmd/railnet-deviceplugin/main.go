@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"syscall"
 	"time"
 
@@ -59,6 +60,7 @@ type flags struct {
 	version, installOnly                                                                              bool
 	keysSecretDir, keysDir, cniKeysDir, auditFile                                                     string
 	keysInterval                                                                                      time.Duration
+	memoryLimit                                                                                       int64
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -92,6 +94,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.cniKeysDir, "cni-keys-dir", keys.DefaultDir, "the keys directory as the host sees it, for the CNI's node settings")
 	fs.StringVar(&f.auditFile, "audit-file", audit.DefaultFile, "the audit log as the host sees it (CNI node settings, key rotation)")
 	fs.DurationVar(&f.keysInterval, "keys-interval", time.Minute, "rotate encrypted attachments' keys at least this often (also on key changes and at each sendAfter); 0 disables")
+	fs.Int64Var(&f.memoryLimit, "memory-limit", 24<<20, "the Go runtime's soft memory limit in bytes (the garbage collector works harder near it; not a cap): a start-up scan of thousands of VFs leaves much garbage, and the node's memory is the workloads'; 0: none. $GOMEMLIMIT wins")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -119,6 +122,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, reload <-
 	if f.version {
 		fmt.Fprintln(stdout, "railnet-deviceplugin", version)
 		return 0
+	}
+	if f.memoryLimit > 0 && os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(f.memoryLimit)
 	}
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(f.logLevel)); err != nil {
