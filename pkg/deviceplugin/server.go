@@ -60,6 +60,7 @@ func (s *server) setPool(p Pool) {
 	for i := range s.pool.Devices {
 		s.byID[s.pool.Devices[i].ID] = &s.pool.Devices[i]
 	}
+	indexDevices(s.byID)
 	close(s.changed)
 	s.changed = make(chan struct{})
 }
@@ -344,7 +345,33 @@ func (s *server) GetPreferredAllocation(_ context.Context, req *pluginapi.Prefer
 	return resp, nil
 }
 
-// preferred is the selection behind GetPreferredAllocation.
+// indexDevices gives every device its place in ID order and its PF and
+// rail small integers, once per pool change: GetPreferredAllocation then
+// compares integers, not strings, and looks nothing up but the device.
+func indexDevices(byID map[string]*Device) {
+	ids := make([]string, 0, len(byID))
+	for id := range byID {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	pfs, rails := map[string]int32{}, map[string]int32{}
+	intern := func(m map[string]int32, s string) int32 {
+		v, ok := m[s]
+		if !ok {
+			v = int32(len(m))
+			m[s] = v
+		}
+		return v
+	}
+	for i, id := range ids {
+		d := byID[id]
+		d.ord, d.pfIdx, d.railIdx, d.indexed = int32(i), intern(pfs, d.PF), intern(rails, d.Rail), true
+	}
+}
+
+// preferred is the selection behind GetPreferredAllocation: a set that
+// holds every must-include device, sits on as few NUMA nodes as possible,
+// and spreads over distinct rails and PFs; ties go to the lower ID.
 func preferred(byID map[string]*Device, available, must []string, size int) ([]string, error) {
 	if size < len(must) {
 		return nil, fmt.Errorf("allocation size %d is smaller than the %d must-include devices", size, len(must))
@@ -352,59 +379,66 @@ func preferred(byID map[string]*Device, available, must []string, size int) ([]s
 	if size > len(available) {
 		return nil, fmt.Errorf("allocation size %d exceeds the %d available devices", size, len(available))
 	}
-	// PFs and rails are interned to small integers so that each pick is a
-	// scan over a slice, not over maps: this runs at 1,000+ devices.
-	pfs, rails := map[string]int{}, map[string]int{}
-	intern := func(m map[string]int, s string) int {
-		v, ok := m[s]
-		if !ok {
-			v = len(m)
-			m[s] = v
+	for _, d := range byID {
+		if !d.indexed {
+			indexDevices(byID)
 		}
-		return v
-	}
-	type cand struct {
-		id        string
-		numa      int
-		pf, rail  int
-		rank      int
-		available bool
+		break
 	}
 	chosen := make([]string, 0, size)
-	inSet := make(map[string]bool, size)
+	taken := make([]bool, len(byID)) // by ord
+	var inSetUnknown []string        // chosen IDs that are no device of the pool
 	var usedPF, usedRail []int
-	use := func(counts []int, i int) []int {
-		for len(counts) <= i {
+	use := func(counts []int, i int32) []int {
+		for len(counts) <= int(i) {
 			counts = append(counts, 0)
 		}
 		counts[i]++
 		return counts
 	}
-	usedNUMA := map[int]bool{}
-	take := func(devID string) {
-		chosen = append(chosen, devID)
-		inSet[devID] = true
-		if d := byID[devID]; d != nil {
-			usedPF = use(usedPF, intern(pfs, d.PF))
-			usedRail = use(usedRail, intern(rails, d.Rail))
-			usedNUMA[d.NUMA] = true
+	count := func(counts []int, i int32) int {
+		if int(i) < len(counts) {
+			return counts[i]
 		}
+		return 0
+	}
+	usedNUMA := map[int]bool{}
+	isTaken := func(id string) bool {
+		if d := byID[id]; d != nil {
+			return taken[d.ord]
+		}
+		return slices.Contains(inSetUnknown, id)
+	}
+	take := func(id string) {
+		chosen = append(chosen, id)
+		d := byID[id]
+		if d == nil {
+			inSetUnknown = append(inSetUnknown, id)
+			return
+		}
+		taken[d.ord] = true
+		usedPF = use(usedPF, d.pfIdx)
+		usedRail = use(usedRail, d.railIdx)
+		usedNUMA[d.NUMA] = true
 	}
 	for _, m := range must {
-		if !inSet[m] {
+		if !isTaken(m) {
 			take(m)
 		}
+	}
+	type cand struct {
+		d    *Device
+		rank int
 	}
 	cands := make([]cand, 0, len(available))
 	perNUMA := map[int]int{}
 	for _, a := range available {
-		if inSet[a] {
+		d := byID[a]
+		if d == nil || !d.Healthy || taken[d.ord] {
 			continue
 		}
-		if d := byID[a]; d != nil && d.Healthy {
-			cands = append(cands, cand{id: a, numa: d.NUMA, pf: intern(pfs, d.PF), rail: intern(rails, d.Rail), available: true})
-			perNUMA[d.NUMA]++
-		}
+		cands = append(cands, cand{d: d})
+		perNUMA[d.NUMA]++
 	}
 	// NUMA order: nodes already used first, then a node that can hold the
 	// whole rest (most candidates first), unknown (-1) last.
@@ -435,61 +469,33 @@ func preferred(byID map[string]*Device, available, must []string, size int) ([]s
 		rank[n] = i
 	}
 	for i := range cands {
-		cands[i].rank = rank[cands[i].numa]
-	}
-	count := func(counts []int, i int) int {
-		if i < len(counts) {
-			return counts[i]
-		}
-		return 0
+		cands[i].rank = rank[cands[i].d.NUMA]
 	}
 	for len(chosen) < size {
 		// Best next: lowest NUMA rank, then least-used rail and PF, then ID.
 		best := -1
+		var br, brail, bpf int
 		for i := range cands {
-			c := &cands[i]
-			if !c.available {
+			c := cands[i].d
+			if taken[c.ord] {
 				continue
 			}
-			if best < 0 {
-				best = i
-				continue
-			}
-			b := &cands[best]
-			if c.rank != b.rank {
-				if c.rank < b.rank {
-					best = i
-				}
-				continue
-			}
-			if cr, br := count(usedRail, c.rail), count(usedRail, b.rail); cr != br {
-				if cr < br {
-					best = i
-				}
-				continue
-			}
-			if cp, bp := count(usedPF, c.pf), count(usedPF, b.pf); cp != bp {
-				if cp < bp {
-					best = i
-				}
-				continue
-			}
-			if c.id < b.id {
-				best = i
+			r, cr, cp := cands[i].rank, count(usedRail, c.railIdx), count(usedPF, c.pfIdx)
+			if best < 0 || r < br || (r == br && (cr < brail || (cr == brail && (cp < bpf || (cp == bpf && c.ord < cands[best].d.ord))))) {
+				best, br, brail, bpf = i, r, cr, cp
 			}
 		}
 		if best < 0 {
 			break
 		}
-		cands[best].available = false
-		take(cands[best].id)
+		take(cands[best].d.ID)
 	}
 	// Not enough healthy devices: fill from the rest of available, as asked.
 	for _, a := range available {
 		if len(chosen) == size {
 			break
 		}
-		if !inSet[a] {
+		if !isTaken(a) {
 			take(a)
 		}
 	}

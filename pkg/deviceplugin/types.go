@@ -22,6 +22,11 @@ type Device struct {
 	IB       bool // InfiniBand link layer (its RDMA ports)
 	Healthy  bool
 	Reason   string // why not healthy
+
+	// The selection's view, set by indexDevices: the device's place in ID
+	// order, its PF's and rail's small integers.
+	ord, pfIdx, railIdx int32
+	indexed             bool
 }
 
 // Pool is one resource.
