@@ -81,6 +81,11 @@ func (s *Scanner) Scan() (*Inventory, error) {
 	// index from a counter rather than a channel, so no goroutine hand-off
 	// sits between two functions.
 	results := make([]result, len(names))
+	sh := &shared{index: make(map[string]int, len(names)), pf: make([]pfAttrs, len(names))}
+	for i, n := range names {
+		sh.index[n] = i
+		sh.pf[i].ready = make(chan struct{})
+	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(max(1, s.workers), len(names)) {
@@ -92,8 +97,12 @@ func (s *Scanner) Scan() (*Inventory, error) {
 				if i >= len(names) {
 					return
 				}
-				d, nic, gpu := s.readFunction(names[i], links[names[i]], w)
+				d, nic, gpu := s.readFunction(names[i], links[names[i]], w, i, sh)
 				results[i] = result{d, nic, gpu}
+				if nic != nil && nic.SRIOV != nil && !d.Partial {
+					sh.pf[i].vendor, sh.pf[i].class, sh.pf[i].numa, sh.pf[i].vfDevice, sh.pf[i].ok = d.Vendor, d.Class, d.NUMA, nic.SRIOV.VFDevice, true
+				}
+				close(sh.pf[i].ready)
 			}
 		}()
 	}
@@ -147,7 +156,40 @@ func (s *Scanner) full(rel string) string { return path.Join(s.sys.Root(), rel) 
 
 // readFunction reads one PCI function. It returns a nil device only when
 // the function's directory cannot be found at all.
-func (s *Scanner) readFunction(bdf, real string, w *warnings) (*PCIDevice, *NIC, *GPU) {
+// shared is what the scan's workers tell one another: each PF's
+// attributes, which its VFs share, once the PF is read.
+type shared struct {
+	index map[string]int // BDF → position in the scan's order
+	pf    []pfAttrs      // by position
+}
+
+type pfAttrs struct {
+	ready                   chan struct{} // closed once the function is read
+	ok                      bool          // a PF, read whole
+	vendor, class, vfDevice string
+	numa                    int
+}
+
+// fromPF fills a VF's vendor, device, class and NUMA node from its PF's
+// (the kernel reports a VF's as its PF's vendor, class and node, and its
+// device as the PF's sriov_vf_device): four files less per VF. Only a PF
+// earlier in the scan's order is waited for (workers take functions in
+// that order, so it is being read or done); otherwise false.
+func (sh *shared) fromPF(i int, pfBDF string, d *PCIDevice) bool {
+	j, ok := sh.index[pfBDF]
+	if !ok || j >= i {
+		return false
+	}
+	<-sh.pf[j].ready
+	p := &sh.pf[j]
+	if !p.ok || p.vfDevice == "" {
+		return false
+	}
+	d.Vendor, d.Device, d.Class, d.NUMA = p.vendor, p.vfDevice, p.class, p.numa
+	return true
+}
+
+func (s *Scanner) readFunction(bdf, real string, w *warnings, i int, sh *shared) (*PCIDevice, *NIC, *GPU) {
 	link := "bus/pci/devices/" + bdf
 	if !sysfs.IsBDF(bdf) {
 		w.add(s.full(link), errors.New("not a PCI address; ignored"))
@@ -188,14 +230,22 @@ func (s *Scanner) readFunction(bdf, real string, w *warnings) (*PCIDevice, *NIC,
 		}
 		*dst = v
 	}
-	attr("vendor", &d.Vendor)
-	attr("device", &d.Device)
-	attr("class", &d.Class)
-	if n, err := dir.ReadInt("numa_node"); err == nil {
-		d.NUMA = max(n, -1)
-	} else {
-		w.add(s.full(real+"/numa_node"), err)
-		d.Partial = true
+	inherited := false
+	if have["physfn"] && sh != nil {
+		if pf, err := dir.LinkBase("physfn"); err == nil {
+			inherited = sh.fromPF(i, pf, d)
+		}
+	}
+	if !inherited {
+		attr("vendor", &d.Vendor)
+		attr("device", &d.Device)
+		attr("class", &d.Class)
+		if n, err := dir.ReadInt("numa_node"); err == nil {
+			d.NUMA = max(n, -1)
+		} else {
+			w.add(s.full(real+"/numa_node"), err)
+			d.Partial = true
+		}
 	}
 	if have["driver"] {
 		if drv, err := dir.LinkBase("driver"); err == nil {
