@@ -404,8 +404,8 @@ func TestIPsecPods(t *testing.T) {
 	if out < 4 || in < 4 {
 		t.Errorf("SA counters a→b %d, b→a %d", out, in)
 	}
-	// Pod c, same VF pair as nobody: its own link to... c has a different
-	// key; give it b's peer end after b goes. First: the re-creation.
+	// b deleted and re-created with the same address, a capture on a's
+	// side spanning both incarnations.
 	capA := startCapture(t, a)
 	if err := e.p.Del(argsB); err != nil {
 		t.Fatal(err)
@@ -417,20 +417,7 @@ func TestIPsecPods(t *testing.T) {
 	if _, err := e.add(t, argsB); err != nil {
 		t.Fatalf("re-ADD b: %v", err)
 	}
-	start := time.Now()
-	var back time.Duration
-	for i := 100; time.Since(start) < 3*time.Second; i++ {
-		if roundTrip(conn, i, 100*time.Millisecond) {
-			back = time.Since(start)
-			break
-		}
-	}
-	if back == 0 || back > time.Second {
-		t.Errorf("a reached the re-created b after %v (0: never), want within 1s", back)
-	}
-	for i := 200; i < 205; i++ {
-		roundTrip(conn, i, time.Second)
-	}
+	reachedAgain(t, conn)
 	capA.stop()
 	esp, clear := capA.analyse()
 	espB, clearB := capB.analyse()
@@ -448,36 +435,12 @@ func TestIPsecPods(t *testing.T) {
 		}
 		seen[k] = true
 	}
-	// c holds another key (and its own VF pair end is b's old peer: none
-	// here), so attach c on the second pair's other end with key "other".
 	if err := e.p.Del(argsB); err != nil {
 		t.Fatal(err)
 	}
-	argsC := e.args("pc", c, 1, "198.18.130.12", subnet, "other", nil)
-	if _, err := e.add(t, argsC); err != nil {
-		t.Fatalf("ADD c: %v", err)
-	}
-	echo(t, c, "198.18.130.12")
-	connC := dialer(t, a, "198.18.130.12")
-	for i := 300; i < 303; i++ {
-		if roundTrip(connC, i, 300*time.Millisecond) {
-			t.Fatal("a reached c, which holds another key")
-		}
-	}
-	if err := e.p.Del(argsC); err != nil {
-		t.Fatal(err)
-	}
-	// d has no encryption at all on the same link: cleartext is dropped.
-	argsD := e.args("pd", c, 1, "198.18.130.13", subnet, "", nil)
-	if _, err := e.add(t, argsD); err != nil {
-		t.Fatalf("ADD d: %v", err)
-	}
-	echo(t, c, "198.18.130.13")
-	connD := dialer(t, a, "198.18.130.13")
-	if roundTrip(connD, 400, 300*time.Millisecond) {
-		t.Fatal("a exchanged cleartext with d")
-	}
-	e.p.Del(argsD)
+	outsiders(t, e, a, c, "198.18.130", subnet, func(cid, pod string, vf int, ip, subnet, keys string) *skel.CmdArgs {
+		return e.args(cid, pod, vf, ip, subnet, keys, nil)
+	})
 	if err := e.p.Del(argsA); err != nil {
 		t.Fatal(err)
 	}
@@ -490,6 +453,52 @@ func TestIPsecPods(t *testing.T) {
 			t.Errorf("audit log lacks %s", ev)
 		}
 	}
+	noKeyMaterial(t, e)
+}
+
+// reachedAgain: a pod re-created with the same address is reached again
+// within 1 s, nothing done on its peer; then a few more round trips.
+func reachedAgain(t *testing.T, conn net.Conn) {
+	t.Helper()
+	start := time.Now()
+	var back time.Duration
+	for i := 100; time.Since(start) < 3*time.Second; i++ {
+		if roundTrip(conn, i, 100*time.Millisecond) {
+			back = time.Since(start)
+			break
+		}
+	}
+	if back == 0 || back > time.Second {
+		t.Errorf("a reached the re-created b after %v (0: never), want within 1s", back)
+	}
+	for i := 200; i < 205; i++ {
+		roundTrip(conn, i, time.Second)
+	}
+}
+
+// outsiders: on VF 1, a pod holding another key (c) and one holding none
+// (d) cannot exchange a datagram with pod a.
+func outsiders(t *testing.T, e *encEnv, a, c, net24, subnet string, mk func(cid, pod string, vf int, ip, subnet, keys string) *skel.CmdArgs) {
+	t.Helper()
+	for _, o := range []struct{ cid, ip, keys, why string }{{"oc", net24 + ".12", "other", "another key"}, {"od", net24 + ".13", "", "no encryption"}} {
+		args := mk(o.cid, c, 1, o.ip, subnet, o.keys)
+		if _, err := e.add(t, args); err != nil {
+			t.Fatalf("ADD %s: %v", o.cid, err)
+		}
+		srv := echo(t, c, o.ip)
+		if roundTrip(dialer(t, a, o.ip), 300, 300*time.Millisecond) {
+			t.Fatalf("a exchanged a datagram with a pod holding %s", o.why)
+		}
+		srv.Close()
+		if err := e.p.Del(args); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// noKeyMaterial: neither key's hex is in the audit log or the CNI's log.
+func noKeyMaterial(t *testing.T, e *encEnv) {
+	t.Helper()
 	for _, f := range []string{e.audit, e.logFile} {
 		b, _ := os.ReadFile(f)
 		if bytes.Contains(b, []byte(keyA[:12])) || bytes.Contains(b, []byte(keyB[:12])) {
@@ -518,12 +527,43 @@ func TestIPsecRotation(t *testing.T) {
 	capB := startCapture(t, b)
 	echo(t, b, "198.18.131.11")
 	conn := dialer(t, a, "198.18.131.11")
+	sent, lost := rotateUnderTraffic(t, e, conn)
+	capB.stop()
+	if lost > 1 {
+		t.Errorf("lost %d of %d datagrams through the rotation", lost, sent)
+	}
+	esp, clear := capB.analyse()
+	ids := map[uint8]int{}
+	for _, p := range esp {
+		ids[uint8(p.spi>>24)]++
+	}
+	if clear != 0 || ids[1] == 0 || ids[2] == 0 {
+		t.Errorf("ESP by key id %v, %d cleartext frames", ids, clear)
+	}
+	for _, s := range sas(t, a, record(t, e.state, "ra").Encryption.Reqid) {
+		if s.SPI>>24 == 1 {
+			t.Fatalf("key 1's SA %#x is still installed", s.SPI)
+		}
+	}
+	t.Logf("rotation: %d sent, %d lost; ESP by key id %v", sent, lost, ids)
+	auditLog, _ := os.ReadFile(e.audit)
+	if c := strings.Count(string(auditLog), `"event":"rotation"`); c < 6 {
+		t.Errorf("%d rotation events audited, want 6", c)
+	}
+	e.p.Del(argsA)
+	e.p.Del(argsB)
+}
+
+// rotateUnderTraffic sends a datagram every 20 ms while the DaemonSet's
+// rotator takes key file "rot" from key 1 to key 2 (added with a sendAfter
+// a second or two ahead, switched to then, key 1 removed), two encrypted
+// attachments each step.
+func rotateUnderTraffic(t *testing.T, e *encEnv, conn net.Conn) (sent, lost int) {
+	t.Helper()
 	rot := &agent.KeyRotator{StateDir: e.state, AuditFile: e.audit, Lock: time.Second}
-	var lost, sent int
-	stop := make(chan struct{})
-	doneC := make(chan struct{})
+	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
-		defer close(doneC)
+		defer close(done)
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
@@ -555,31 +595,8 @@ func TestIPsecRotation(t *testing.T) {
 	}
 	time.Sleep(500 * time.Millisecond)
 	close(stop)
-	<-doneC
-	capB.stop()
-	if lost > 1 {
-		t.Errorf("lost %d of %d datagrams through the rotation", lost, sent)
-	}
-	esp, clear := capB.analyse()
-	ids := map[uint8]int{}
-	for _, p := range esp {
-		ids[uint8(p.spi>>24)]++
-	}
-	if clear != 0 || ids[1] == 0 || ids[2] == 0 {
-		t.Errorf("ESP by key id %v, %d cleartext frames", ids, clear)
-	}
-	for _, s := range sas(t, a, record(t, e.state, "ra").Encryption.Reqid) {
-		if s.SPI>>24 == 1 {
-			t.Fatalf("key 1's SA %#x is still installed", s.SPI)
-		}
-	}
-	t.Logf("rotation: %d sent, %d lost; ESP by key id %v", sent, lost, ids)
-	auditLog, _ := os.ReadFile(e.audit)
-	if c := strings.Count(string(auditLog), `"event":"rotation"`); c < 6 {
-		t.Errorf("%d rotation events audited, want 6", c)
-	}
-	e.p.Del(argsA)
-	e.p.Del(argsB)
+	<-done
+	return sent, lost
 }
 
 // Offload: required on a device without ESP offload (a veth) fails ADD

@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -14,7 +13,6 @@ import (
 	"github.com/containernetworking/cni/pkg/skel"
 	"github.com/vishvananda/netlink"
 
-	"github.com/railnet/railnet/pkg/agent"
 	"github.com/railnet/railnet/pkg/netdev"
 )
 
@@ -121,20 +119,7 @@ func TestMACsecPods(t *testing.T) {
 	if _, err := e.add(t, argsB); err != nil {
 		t.Fatalf("re-ADD b: %v", err)
 	}
-	start := time.Now()
-	var back time.Duration
-	for i := 100; time.Since(start) < 3*time.Second; i++ {
-		if roundTrip(conn, i, 100*time.Millisecond) {
-			back = time.Since(start)
-			break
-		}
-	}
-	if back == 0 || back > time.Second {
-		t.Errorf("a reached the re-created b after %v (0: never), want within 1s", back)
-	}
-	for i := 200; i < 205; i++ {
-		roundTrip(conn, i, time.Second)
-	}
+	reachedAgain(t, conn)
 	capA.stop()
 	fa, clearA := capA.macsecFrames()
 	fb, clearB := capB.macsecFrames()
@@ -155,26 +140,9 @@ func TestMACsecPods(t *testing.T) {
 	if err := e.p.Del(argsB); err != nil {
 		t.Fatal(err)
 	}
-	argsC := macsecArgs(e, "mc", c, 1, "198.18.140.12", subnet, "other")
-	if _, err := e.add(t, argsC); err != nil {
-		t.Fatalf("ADD c: %v", err)
-	}
-	echo(t, c, "198.18.140.12")
-	if roundTrip(dialer(t, a, "198.18.140.12"), 300, 300*time.Millisecond) {
-		t.Fatal("a reached c, which holds another key")
-	}
-	if err := e.p.Del(argsC); err != nil {
-		t.Fatal(err)
-	}
-	argsD := macsecArgs(e, "md", c, 1, "198.18.140.13", subnet, "")
-	if _, err := e.add(t, argsD); err != nil {
-		t.Fatalf("ADD d: %v", err)
-	}
-	echo(t, c, "198.18.140.13")
-	if roundTrip(dialer(t, a, "198.18.140.13"), 400, 300*time.Millisecond) {
-		t.Fatal("a exchanged cleartext with d")
-	}
-	e.p.Del(argsD)
+	outsiders(t, e, a, c, "198.18.140", subnet, func(cid, pod string, vf int, ip, subnet, keys string) *skel.CmdArgs {
+		return macsecArgs(e, cid, pod, vf, ip, subnet, keys)
+	})
 	if err := e.p.Del(argsA); err != nil {
 		t.Fatal(err)
 	}
@@ -187,12 +155,7 @@ func TestMACsecPods(t *testing.T) {
 	if _, err := netlink.LinkByName("mcsv0"); err != nil {
 		t.Errorf("the device is not back in the host: %v", err)
 	}
-	for _, f := range []string{e.audit, e.logFile} {
-		b, _ := os.ReadFile(f)
-		if bytes.Contains(b, []byte(keyA[:12])) || bytes.Contains(b, []byte(keyB[:12])) {
-			t.Errorf("key material in %s", f)
-		}
-	}
+	noKeyMaterial(t, e)
 }
 
 // frameSCI is the SCI most frames carry.
@@ -226,42 +189,7 @@ func TestMACsecRotation(t *testing.T) {
 	capB := startCaptureOn(t, b, record(t, e.state, "mrb").Encryption.MACsec.Lower)
 	echo(t, b, "198.18.141.11")
 	conn := dialer(t, a, "198.18.141.11")
-	rot := &agent.KeyRotator{StateDir: e.state, AuditFile: e.audit, Lock: time.Second}
-	var lost, sent int
-	stop, done := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(done)
-		for i := 0; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			sent++
-			if !roundTrip(conn, i, 200*time.Millisecond) {
-				lost++
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
-	time.Sleep(300 * time.Millisecond)
-	switchAt := time.Now().Add(time.Second).UTC().Truncate(time.Second).Add(time.Second)
-	e.writeKeys(t, "rot", "1 aes-gcm-128 "+keyA+"\n2 aes-gcm-128 "+keyB+" sendAfter="+switchAt.Format(time.RFC3339)+"\n")
-	if _, n, err := rot.Once(time.Now()); err != nil || n != 2 {
-		t.Fatalf("rotator after the new key: %d: %v", n, err)
-	}
-	time.Sleep(time.Until(switchAt))
-	if _, n, err := rot.Once(time.Now()); err != nil || n != 2 {
-		t.Fatalf("rotator at sendAfter: %d: %v", n, err)
-	}
-	time.Sleep(500 * time.Millisecond)
-	e.writeKeys(t, "rot", "2 aes-gcm-128 "+keyB+" sendAfter="+switchAt.Format(time.RFC3339)+"\n")
-	if _, n, err := rot.Once(time.Now()); err != nil || n != 2 {
-		t.Fatalf("rotator after key 1 left: %d: %v", n, err)
-	}
-	time.Sleep(500 * time.Millisecond)
-	close(stop)
-	<-done
+	sent, lost := rotateUnderTraffic(t, e, conn)
 	capB.stop()
 	frames, clear := capB.macsecFrames()
 	ans := map[uint8]int{}
