@@ -269,19 +269,31 @@ func (a *attachment) reserve() (unlock func(), err error) {
 			lock.Unlock()
 		}
 	}()
-	if a.attach == config.AttachMove {
-		// Moving a netdev takes its child links down with it: not while
-		// other pods' shared attachments hang on it.
-		if shared := store.SharedOn(dev.BDF); len(shared) > 0 {
-			return nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("device %s is shared by %d attachment(s) (%s on %s): it cannot move into one pod",
-				dev.BDF, len(shared), shared[0].DeviceID, shared[0].ContainerID), "")
+	// Who holds the device (move) or the slot (a child), and, for a move,
+	// which child links hang on the device: one read of the records.
+	recs, _ := store.List()
+	var held *state.Record
+	var shared []*state.Record
+	for _, r := range recs {
+		switch {
+		case a.attach != config.AttachMove:
+			if r.DeviceID == a.deviceID {
+				held = r
+			}
+		case r.BDF != dev.BDF:
+		case r.Shared():
+			shared = append(shared, r)
+		default:
+			held = r
 		}
 	}
-	held, herr := store.ByDeviceID(a.deviceID)
-	if a.attach == config.AttachMove {
-		held, herr = store.ByBDF(dev.BDF)
+	if len(shared) > 0 {
+		// Moving a netdev takes its child links down with it: not while
+		// other pods' shared attachments hang on it.
+		return nil, types.NewError(types.ErrTryAgainLater, fmt.Sprintf("device %s is shared by %d attachment(s) (%s on %s): it cannot move into one pod",
+			dev.BDF, len(shared), shared[0].DeviceID, shared[0].ContainerID), "")
 	}
-	if herr == nil {
+	if held != nil {
 		_, _, uid := podIdentity(args.Args)
 		// The same pod's earlier sandbox (the kubelet runs one at a time):
 		// it is dead, and its attachment goes as a retry's would.

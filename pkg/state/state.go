@@ -282,30 +282,6 @@ func (s *Store) List() ([]*Record, []error) {
 	return out, errs
 }
 
-// ByDeviceID returns the record that holds deviceID (a device or a shared
-// slot), if any.
-func (s *Store) ByDeviceID(id string) (*Record, error) {
-	recs, _ := s.List()
-	for _, r := range recs {
-		if r.DeviceID == id {
-			return r, nil
-		}
-	}
-	return nil, os.ErrNotExist
-}
-
-// SharedOn returns the records of child links on the device bdf.
-func (s *Store) SharedOn(bdf string) []*Record {
-	recs, _ := s.List()
-	var out []*Record
-	for _, r := range recs {
-		if r.BDF == bdf && r.Shared() {
-			out = append(out, r)
-		}
-	}
-	return out
-}
-
 // ByBDF returns the record that holds the device, if any.
 func (s *Store) ByBDF(bdf string) (*Record, error) {
 	recs, _ := s.List()
