@@ -121,7 +121,6 @@ func (a *attachment) addChild(iface *current.Interface) error {
 	}
 	// No record write: the reserved record already names the child (its
 	// temporary name and alias), and DEL deletes whatever it finds by them.
-	a.rec.Phase = state.PhaseChild
 	if err := a.p.children().Add(a.host, a.pod, c); err != nil {
 		return typed(types.ErrInternal, fmt.Sprintf("create a %s child of %s in the pod", rc.Kind, rc.Parent), err)
 	}

@@ -28,7 +28,6 @@ const (
 	PhaseReserved = "reserved"   // record written, nothing touched
 	PhaseVFConfig = "vf-config"  // VF settings being applied on the PF
 	PhaseMoving   = "moving"     // netdev between host, temp netns and pod
-	PhaseChild    = "child"      // child link being created in the pod netns
 	PhaseIPAM     = "ipam"       // IPAM ADD in progress
 	PhaseEncrypt  = "encryption" // SAs and policies being installed
 	PhaseDone     = "done"       // ADD returned success
