@@ -382,15 +382,7 @@ func TestIPsecPods(t *testing.T) {
 	capB := startCapture(t, b)
 	echo(t, b, "198.18.130.11")
 	conn := dialer(t, a, "198.18.130.11")
-	ok := 0
-	for i := 0; i < 5; i++ {
-		if roundTrip(conn, i, time.Second) {
-			ok++
-		}
-	}
-	if ok < 4 {
-		t.Fatalf("%d of 5 round trips a→b", ok)
-	}
+	exchange(t, conn)
 	// Counters rise on the SAs between them.
 	var out, in uint64
 	for _, s := range sas(t, a, recA.Encryption.Reqid) {
@@ -407,17 +399,11 @@ func TestIPsecPods(t *testing.T) {
 	// b deleted and re-created with the same address, a capture on a's
 	// side spanning both incarnations.
 	capA := startCapture(t, a)
-	if err := e.p.Del(argsB); err != nil {
-		t.Fatal(err)
-	}
-	if st, po := xfrmEmpty(t, b); st != 0 || po != 0 {
-		t.Errorf("DEL left %d states and %d policies in pod b", st, po)
-	}
-	capB.stop()
-	if _, err := e.add(t, argsB); err != nil {
-		t.Fatalf("re-ADD b: %v", err)
-	}
-	reachedAgain(t, conn)
+	recreate(t, e, argsB, capB, conn, func() {
+		if st, po := xfrmEmpty(t, b); st != 0 || po != 0 {
+			t.Errorf("DEL left %d states and %d policies in pod b", st, po)
+		}
+	})
 	capA.stop()
 	esp, clear := capA.analyse()
 	espB, clearB := capB.analyse()
@@ -454,6 +440,38 @@ func TestIPsecPods(t *testing.T) {
 		}
 	}
 	noKeyMaterial(t, e)
+}
+
+// exchange: at least 4 of 5 datagrams a→b come back.
+func exchange(t *testing.T, conn net.Conn) {
+	t.Helper()
+	ok := 0
+	for i := 0; i < 5; i++ {
+		if roundTrip(conn, i, time.Second) {
+			ok++
+		}
+	}
+	if ok < 4 {
+		t.Fatalf("%d of 5 round trips a→b", ok)
+	}
+}
+
+// recreate deletes pod b's attachment (afterDel checks what it left),
+// stops b's capture, adds it again with the same address, and expects a to
+// reach it within 1 s.
+func recreate(t *testing.T, e *encEnv, argsB *skel.CmdArgs, capB *capture, conn net.Conn, afterDel func()) {
+	t.Helper()
+	if err := e.p.Del(argsB); err != nil {
+		t.Fatal(err)
+	}
+	if afterDel != nil {
+		afterDel()
+	}
+	capB.stop()
+	if _, err := e.add(t, argsB); err != nil {
+		t.Fatalf("re-ADD b: %v", err)
+	}
+	reachedAgain(t, conn)
 }
 
 // reachedAgain: a pod re-created with the same address is reached again
