@@ -136,6 +136,7 @@ func (e *encEnv) add(t testing.TB, a *skel.CmdArgs) ([]byte, error) {
 // capture records the frames a pod's net1 sees (both ways).
 type capture struct {
 	fd     int
+	halt   bool
 	mu     sync.Mutex
 	frames [][]byte
 	done   chan struct{}
@@ -169,21 +170,16 @@ func startCaptureOn(t *testing.T, pod, ifName string) *capture {
 	}
 	tv := unix.NsecToTimeval((100 * time.Millisecond).Nanoseconds())
 	unix.SetsockoptTimeval(c.fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	fd := c.fd
 	go func() {
+		// Reads until stop asks and the socket has nothing queued (a read
+		// times out): frames that arrived before stop are all kept.
 		defer close(c.done)
 		buf := make([]byte, 4096)
 		for {
-			n, _, err := unix.Recvfrom(c.fd, buf, 0)
-			if err == unix.EBADF {
-				return
-			}
+			n, _, err := unix.Recvfrom(fd, buf, 0)
 			if err != nil {
-				select {
-				case <-c.done:
-					return
-				default:
-				}
-				if c.closed() {
+				if c.stopping() {
 					return
 				}
 				continue
@@ -197,21 +193,24 @@ func startCaptureOn(t *testing.T, pod, ifName string) *capture {
 	return c
 }
 
-func (c *capture) closed() bool {
+func (c *capture) stopping() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.fd < 0
+	return c.halt
 }
 
+// stop waits until the reader has taken every queued frame, then closes
+// the socket. Twice is fine.
 func (c *capture) stop() {
 	c.mu.Lock()
-	fd := c.fd
-	c.fd = -1
-	c.mu.Unlock()
-	if fd >= 0 {
-		unix.Close(fd)
-		<-c.done
+	if c.halt {
+		c.mu.Unlock()
+		return
 	}
+	c.halt = true
+	c.mu.Unlock()
+	<-c.done
+	unix.Close(c.fd)
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
