@@ -20,13 +20,20 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
 
 	"github.com/railnet/railnet/pkg/agent"
 	"github.com/railnet/railnet/pkg/audit"
 	cniconfig "github.com/railnet/railnet/pkg/cni/config"
 	"github.com/railnet/railnet/pkg/deviceinfo"
 	"github.com/railnet/railnet/pkg/deviceplugin"
+	"github.com/railnet/railnet/pkg/dra"
+	"github.com/railnet/railnet/pkg/dra/claims"
 	"github.com/railnet/railnet/pkg/keys"
+	"github.com/railnet/railnet/pkg/pools"
 	"github.com/railnet/railnet/pkg/sysfs"
 )
 
@@ -61,6 +68,8 @@ type flags struct {
 	keysSecretDir, keysDir, cniKeysDir, auditFile                                                     string
 	keysInterval                                                                                      time.Duration
 	memoryLimit                                                                                       int64
+	dra, nodeName, kubeconfig, draRegistrarDir, draPluginDir                                          string
+	draNetworkData                                                                                    time.Duration
 }
 
 func parseFlags(args []string, stderr io.Writer) (*flags, error) {
@@ -95,6 +104,12 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.auditFile, "audit-file", audit.DefaultFile, "the audit log as the host sees it (CNI node settings, key rotation)")
 	fs.DurationVar(&f.keysInterval, "keys-interval", time.Minute, "rotate encrypted attachments' keys at least this often (also on key changes and at each sendAfter); 0 disables")
 	fs.Int64Var(&f.memoryLimit, "memory-limit", 24<<20, "the Go runtime's soft memory limit in bytes (the garbage collector works harder near it; not a cap): a start-up scan of thousands of VFs leaves much garbage, and the node's memory is the workloads'; 0: none. $GOMEMLIMIT wins")
+	fs.StringVar(&f.dra, "dra", "auto", "the DRA driver railnet.io for pools with api: dra: auto (on when the config has such a pool), on or off; it needs API access (in-cluster, or --kubeconfig)")
+	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (the DRA driver's ResourceSlices); default $NODE_NAME")
+	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for the DRA driver; empty: in-cluster (the pod's ServiceAccount)")
+	fs.StringVar(&f.draRegistrarDir, "dra-registrar-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory")
+	fs.StringVar(&f.draPluginDir, "dra-plugin-dir", "/var/lib/kubelet/plugins/railnet.io", "the DRA driver's socket directory")
+	fs.DurationVar(&f.draNetworkData, "dra-networkdata-interval", 2*time.Second, "how often attached DRA devices' networkData is written to their claims")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -104,6 +119,11 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	}
 	f.configSet = false
 	fs.Visit(func(fl *flag.Flag) { f.configSet = f.configSet || fl.Name == "config" })
+	switch f.dra {
+	case "auto", "on", "off":
+	default:
+		return nil, fmt.Errorf("--dra %q: auto, on or off", f.dra)
+	}
 	if f.rescan < 100*time.Millisecond {
 		return nil, fmt.Errorf("--rescan-interval %v: at least 100ms", f.rescan)
 	}
@@ -189,6 +209,16 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 	if err := install(f, log); err != nil {
 		return err
 	}
+	if draWanted(f.dra, a.Config()) {
+		drv, err := startDRA(ctx, f, log)
+		if err != nil {
+			return err
+		}
+		defer drv.Stop()
+		a.SetDRA(drv)
+		nd := &dra.NetworkData{Driver: drv, StateDir: f.cniStateDir}
+		go nd.Run(ctx, f.draNetworkData)
+	}
 	if f.metricsAddr != "" {
 		lis, err := net.Listen("tcp", f.metricsAddr)
 		if err != nil {
@@ -249,4 +279,48 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 	}
 	log.Info("stopped: sockets and device-info files removed")
 	return err
+}
+
+// draWanted: --dra on, or auto with a pool whose api is dra.
+func draWanted(mode string, cfg *pools.Config) bool {
+	switch mode {
+	case "on":
+		return true
+	case "off":
+		return false
+	}
+	for _, p := range cfg.Pools {
+		if p.API == pools.APIDRA {
+			return true
+		}
+	}
+	return false
+}
+
+// startDRA registers the DRA driver with the kubelet; its slices follow
+// the agent's scans.
+func startDRA(ctx context.Context, f *flags, log *slog.Logger) (*dra.Driver, error) {
+	var cfg *rest.Config
+	var err error
+	if f.kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", f.kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return nil, fmt.Errorf("DRA driver: Kubernetes API: %w", err)
+	}
+	cfg.UserAgent = "railnet-deviceplugin/" + version
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("DRA driver: %w", err)
+	}
+	// The helper logs through klog: into ours.
+	klog.SetSlogLogger(log)
+	drv := dra.New(dra.Options{NodeName: f.nodeName, Client: client, ClaimsDir: claims.Dir(f.cniStateDir), CDIDir: f.cdiDir,
+		DevfsRoot: f.dev, RegistrarDir: f.draRegistrarDir, PluginDir: f.draPluginDir, Logger: log})
+	if err := drv.Start(ctx); err != nil {
+		return nil, err
+	}
+	return drv, nil
 }

@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -36,6 +37,15 @@ type Options struct {
 	Logger         *slog.Logger
 	RescanInterval time.Duration // periodic full rescan (default 30s)
 	MinInterval    time.Duration // rate limit between two rescans (default 1s)
+	// DRA receives the pools whose api is dra after every scan; nil: such
+	// pools are served by nobody (logged).
+	DRA DRAPublisher
+}
+
+// DRAPublisher is the DRA driver as the agent sees it: the dra pools of
+// each scan, with the inventory and topology they were selected from.
+type DRAPublisher interface {
+	Publish(pools []pools.Resolved, inv *discovery.Inventory, topo *topology.Topology)
 }
 
 // Agent keeps the manager's pools equal to what sysfs and the config say.
@@ -52,11 +62,14 @@ type Agent struct {
 	seen     map[doctor.Finding]bool
 
 	first *resolution // New's, served by the first Rescan instead of scanning again
+
+	draWarned atomic.Bool
 }
 
 // resolution is one scan's pools, with what doctor reads.
 type resolution struct {
-	pools []deviceplugin.Pool
+	pools []deviceplugin.Pool // the device plugin's
+	dra   []pools.Resolved    // the DRA driver's
 	cfg   *pools.Config
 	inv   *discovery.Inventory
 	topo  *topology.Topology
@@ -104,6 +117,13 @@ func (a *Agent) load() (*pools.Config, error) {
 	return pools.Load(a.o.ConfigPath)
 }
 
+// SetDRA hands the dra pools of every later scan to p; call it before Run.
+func (a *Agent) SetDRA(p DRAPublisher) {
+	a.mu.Lock()
+	a.o.DRA = p
+	a.mu.Unlock()
+}
+
 // Config returns the config in force.
 func (a *Agent) Config() *pools.Config {
 	a.mu.Lock()
@@ -132,13 +152,31 @@ func (a *Agent) resolve(cfg *pools.Config) (*resolution, error) {
 	for _, w := range inv.Warnings {
 		a.log.Debug("discovery", "path", w.Path, "msg", w.Msg)
 	}
-	return &resolution{pools: Convert(resolved), cfg: cfg, inv: inv, topo: topo}, nil
+	r := &resolution{cfg: cfg, inv: inv, topo: topo}
+	var dp []pools.Resolved
+	for _, p := range resolved {
+		if p.API == pools.APIDRA {
+			r.dra = append(r.dra, p)
+		} else {
+			dp = append(dp, p)
+		}
+	}
+	r.pools = Convert(dp)
+	return r, nil
 }
 
 // serve hands a resolution to the device plugin, then (off the path that
 // registers pools) to doctor.
 func (a *Agent) serve(r *resolution) error {
 	err := a.o.Manager.Update(r.pools)
+	a.mu.Lock()
+	dra := a.o.DRA
+	a.mu.Unlock()
+	if dra != nil {
+		dra.Publish(r.dra, r.inv, r.topo)
+	} else if len(r.dra) > 0 && !a.draWarned.Swap(true) {
+		a.log.Warn("pools with api: dra are served by the DRA driver, which is off (--dra=false or no API access): nobody offers their devices", "pools", len(r.dra))
+	}
 	a.doctor(r)
 	return err
 }

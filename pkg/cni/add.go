@@ -17,6 +17,7 @@ import (
 	"github.com/vishvananda/netlink"
 
 	"github.com/railnet/railnet/pkg/cni/config"
+	"github.com/railnet/railnet/pkg/dra/claims"
 	"github.com/railnet/railnet/pkg/netdev"
 	"github.com/railnet/railnet/pkg/state"
 	"github.com/railnet/railnet/pkg/sysfs"
@@ -46,6 +47,8 @@ type attachment struct {
 	ipamSettled bool
 	// extra is the result's "railnet" member (encryption), if any.
 	extra *encryptionInfo
+	// claim: the device came from the DRA driver's checkpoint.
+	claim *claims.Match
 }
 
 // A step is one part of an attachment. do is ADD's, and records what it is
@@ -113,11 +116,32 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 			return err
 		}
 	}
+	a.rec.Net = netData(a.result, args.IfName)
 	if err := a.save(state.PhaseDone); err != nil {
 		return err
 	}
 	log.Info("attached", "device", a.deviceID, "attach", a.attach, "hostName", a.rec.HostName, "vf", a.dev.VFIndex)
 	return printResult(a.result, conf.CNIVersion, a.extra)
+}
+
+// netData is the pod's interface in the result: its name, MAC and addresses.
+func netData(r *current.Result, ifName string) *state.NetData {
+	if r == nil {
+		return nil
+	}
+	nd := &state.NetData{IfName: ifName}
+	idx := -1
+	for i, in := range r.Interfaces {
+		if in.Name == ifName && in.Sandbox != "" {
+			idx, nd.MAC = i, in.Mac
+		}
+	}
+	for _, ip := range r.IPs {
+		if ip.Interface == nil || *ip.Interface == idx {
+			nd.IPs = append(nd.IPs, ip.Address.String())
+		}
+	}
+	return nd
 }
 
 // printResult prints the result, with a "railnet" member when there is
@@ -169,8 +193,18 @@ func (a *attachment) save(phase string) error {
 func (a *attachment) validate() error {
 	conf := a.conf
 	deviceID, err := conf.Device()
-	if err != nil {
+	if err != nil && conf.Claim == "" {
 		return err
+	}
+	if err != nil {
+		// No deviceID: the DRA driver prepared this pod's claim before
+		// its sandbox existed; its checkpoint names the device.
+		_, _, uid := podIdentity(a.args.Args)
+		m, ferr := claims.Find(claims.Dir(conf.State()), uid, conf.Claim)
+		if ferr != nil {
+			return config.Error("claim", "%v", ferr)
+		}
+		deviceID, a.claim = m.Device.ID, &m
 	}
 	a.deviceID = deviceID
 	sys, err := sysfs.New(conf.Root())
@@ -193,7 +227,7 @@ func (a *attachment) validate() error {
 			a.attach = map[bool]string{false: config.AttachMacvlan, true: config.AttachIPoIB}[dev.IB]
 		}
 	}
-	if err := offered(conf.Node(), a.deviceID, dev, a.attach == config.AttachMove); err != nil {
+	if err := offered(conf.Node(), a.deviceID, dev, a.attach == config.AttachMove, a.claim != nil); err != nil {
 		return err
 	}
 	if _, err := conf.DeviceInfoFile(); err != nil {
@@ -317,6 +351,10 @@ func (a *attachment) reserve() (unlock func(), err error) {
 		Created: time.Now().UTC(), Phase: state.PhaseReserved, DeviceID: a.deviceID, BDF: dev.BDF, PF: dev.PF,
 		VFIndex: dev.VFIndex, Driver: dev.Driver, Config: args.StdinData, CNIPath: os.Getenv("CNI_PATH"), Attach: a.attach}
 	rec.PodNamespace, rec.PodName, rec.PodUID = podIdentity(args.Args)
+	if m := a.claim; m != nil {
+		rec.Claim = &state.ClaimRef{UID: m.Claim.UID, Namespace: m.Claim.Namespace, Name: m.Claim.Name,
+			Request: m.Device.Request, Driver: claims.Driver, Pool: m.Device.DRAPool, Device: m.Device.Device}
+	}
 	if a.attach != config.AttachMove {
 		rec.Child = a.childRecord()
 	} else if dev.Netdev != "" {

@@ -21,9 +21,10 @@ import (
 // allowUnadvertisedDevices. A whole netdev that carries the host's traffic
 // (a global address or a default route) is refused unless listed, when it
 // would move (whole); a child link leaves it where it is.
-func offered(node config.Node, deviceID string, dev *Device, whole bool) error {
+func offered(node config.Node, deviceID string, dev *Device, whole, prepared bool) error {
 	listed := slices.Contains(node.AllowDevices, deviceID) || slices.Contains(node.AllowDevices, dev.BDF)
-	if !listed && !node.AllowUnadvertisedDevices {
+	// prepared: the DRA driver's root-owned checkpoint gave it to this pod.
+	if !listed && !node.AllowUnadvertisedDevices && !prepared {
 		dir := node.DevInfoDir
 		if dir == "" {
 			dir = config.DefaultDevInfoDir

@@ -260,30 +260,61 @@ func (s *server) allocateContainer(ids []string) (*pluginapi.ContainerAllocateRe
 	if len(ids) == 0 {
 		return nil, status.Error(codes.InvalidArgument, "no devices requested")
 	}
-	var bdfs, hcas []string
-	allIB := true
-	info := map[string]infoEntry{}
-	cr := &pluginapi.ContainerAllocateResponse{Envs: map[string]string{}}
-	seenDev := map[string]bool{}
+	devs := make([]Device, 0, len(ids))
+	cr := &pluginapi.ContainerAllocateResponse{}
 	for _, id := range ids {
 		d := s.byID[id]
 		if d == nil {
 			return nil, status.Errorf(codes.InvalidArgument, "device %q is not in pool %s", id, s.pool.Resource)
 		}
+		s.m.ensureDevInfo(s.pool.Resource, *d)
+		devs = append(devs, *d)
+		if s.m.opts.CDI {
+			cr.CdiDevices = append(cr.CdiDevices, &pluginapi.CDIDevice{Name: CDIName(s.pool.Resource, d.ID)})
+		}
+	}
+	env, nodes, err := ContainerEdits(s.pool.Resource, s.pool.RDMACM, s.m.opts.DevfsRoot, devs)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	cr.Envs = env
+	for _, n := range nodes {
+		cr.Devices = append(cr.Devices, &pluginapi.DeviceSpec{ContainerPath: n.ContainerPath, HostPath: n.HostPath, Permissions: "rw"})
+	}
+	return cr, nil
+}
+
+// DeviceNode is a character device a container gets.
+type DeviceNode struct {
+	ContainerPath string // /dev/infiniband/uverbs3
+	HostPath      string // below the devfs root
+}
+
+// ContainerEdits is what a container gets for devices of one pool, through
+// either allocation path: PCIDEVICE_<RESOURCE> (their PCI addresses),
+// PCIDEVICE_<RESOURCE>_INFO, NCCL_IB_HCA (and NCCL_IB_GID_INDEX on
+// InfiniBand), and the RDMA character devices with rdma_cm.
+func ContainerEdits(resource, rdmaCM, devfsRoot string, devs []Device) (map[string]string, []DeviceNode, error) {
+	var bdfs, hcas []string
+	allIB := true
+	info := map[string]infoEntry{}
+	env := map[string]string{}
+	var nodes []DeviceNode
+	seenDev := map[string]bool{}
+	for _, d := range devs {
 		if !slices.Contains(bdfs, d.BDF) {
 			bdfs = append(bdfs, d.BDF)
 		}
-		s.m.ensureDevInfo(s.pool.Resource, *d)
 		e := infoEntry{Generic: map[string]string{"deviceID": d.ID},
 			PCI: &deviceinfo.PCI{PCIAddress: d.BDF, PFPCIAddress: d.PF}}
 		if len(d.RDMA) > 0 {
 			e.PCI.RDMADevice = d.RDMA[0]
 			e.RDMA = map[string]string{"rdma-device": strings.Join(d.RDMA, ",")}
-			if s.pool.RDMACM != "" {
-				e.RDMA["rdma_cm"] = s.pool.RDMACM
+			if rdmaCM != "" {
+				e.RDMA["rdma_cm"] = rdmaCM
 			}
 		}
-		info[id] = e
+		info[d.ID] = e
 		allIB = allIB && d.IB
 		for _, r := range d.RDMA {
 			if !slices.Contains(hcas, r) {
@@ -293,35 +324,32 @@ func (s *server) allocateContainer(ids []string) (*pluginapi.ContainerAllocateRe
 		for _, c := range d.CharDevs {
 			if !seenDev[c] {
 				seenDev[c] = true
-				cr.Devices = append(cr.Devices, &pluginapi.DeviceSpec{ContainerPath: c, HostPath: hostDevPath(s.m.opts.DevfsRoot, c), Permissions: "rw"})
+				nodes = append(nodes, DeviceNode{ContainerPath: c, HostPath: hostDevPath(devfsRoot, c)})
 			}
 		}
-		if s.m.opts.CDI {
-			cr.CdiDevices = append(cr.CdiDevices, &pluginapi.CDIDevice{Name: CDIName(s.pool.Resource, d.ID)})
-		}
 	}
-	if len(hcas) > 0 && s.pool.RDMACM != "" {
-		cr.Devices = append(cr.Devices, &pluginapi.DeviceSpec{ContainerPath: s.pool.RDMACM, HostPath: hostDevPath(s.m.opts.DevfsRoot, s.pool.RDMACM), Permissions: "rw"})
+	if len(hcas) > 0 && rdmaCM != "" {
+		nodes = append(nodes, DeviceNode{ContainerPath: rdmaCM, HostPath: hostDevPath(devfsRoot, rdmaCM)})
 	}
-	env := EnvName(s.pool.Resource)
-	cr.Envs[env] = strings.Join(bdfs, ",")
+	name := EnvName(resource)
+	env[name] = strings.Join(bdfs, ",")
 	b, err := json.Marshal(info)
 	if err != nil {
-		return nil, status.Error(codes.Internal, err.Error())
+		return nil, nil, err
 	}
-	cr.Envs[env+"_INFO"] = string(b)
+	env[name+"_INFO"] = string(b)
 	if len(hcas) > 0 {
 		// "=" asks NCCL for exact names: without it mlx5_1 also selects mlx5_10.
-		cr.Envs["NCCL_IB_HCA"] = "=" + strings.Join(hcas, ",")
+		env["NCCL_IB_HCA"] = "=" + strings.Join(hcas, ",")
 		if allIB {
 			// On InfiniBand GID 0 is the port's own GID, whatever the pod's
 			// addresses. On RoCE a GID comes with each address added to the
 			// port's netdevs (a shared slot's child included), at an index
 			// the kernel picks then: not known here, so NCCL detects it.
-			cr.Envs["NCCL_IB_GID_INDEX"] = "0"
+			env["NCCL_IB_GID_INDEX"] = "0"
 		}
 	}
-	return cr, nil
+	return env, nodes, nil
 }
 
 // CDIName is the CDI device a device is known by: <resource>=<id>, with

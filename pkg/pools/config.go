@@ -25,6 +25,13 @@ const (
 	KindRDMA  = "rdma"  // one device = one whole HCA, ID = PCI BDF (or BDF#slot when shared)
 )
 
+// Allocation paths: which API serves a pool. A device is offered through
+// one of them only (a device is in one pool only).
+const (
+	APIDevicePlugin = "deviceplugin" // kubelet device plugin v1beta1 (extended resources)
+	APIDRA          = "dra"          // DRA: ResourceSlices of the railnet.io driver
+)
+
 // DefaultPrefix is the resource name prefix.
 const DefaultPrefix = "railnet.io"
 
@@ -44,6 +51,7 @@ type Pool struct {
 	Name      string    `json:"name"`
 	Kind      string    `json:"kind,omitempty"`   // sriov (default) or rdma
 	Shared    int       `json:"shared,omitempty"` // rdma: slots per HCA for shared-netns RDMA
+	API       string    `json:"api,omitempty"`    // deviceplugin (default) or dra
 	Selectors Selectors `json:"selectors"`
 }
 
@@ -124,6 +132,7 @@ var (
 	rePrefix   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$`)
 	reHexID    = regexp.MustCompile(`^(0x)?[0-9a-fA-F]{4}$`)
 	reRailName = regexp.MustCompile(`^rail[0-9]+$`)
+	reDNSLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?$`)
 )
 
 // Prefix is the resource prefix in force.
@@ -175,6 +184,17 @@ func (c *Config) Validate() error {
 			}
 		default:
 			bad("%s.kind: %q, want sriov or rdma", f, p.Kind)
+		}
+		switch p.API {
+		case "", APIDevicePlugin:
+		case APIDRA:
+			// The pool name is part of a ResourceSlice's pool name and of
+			// its DeviceClass: a DNS label.
+			if !reDNSLabel.MatchString(p.Name) {
+				bad("%s.name: %q: a dra pool's name must be a DNS label (lower-case letters, digits and '-')", f, p.Name)
+			}
+		default:
+			bad("%s.api: %q, want deviceplugin or dra", f, p.API)
 		}
 		s := &p.Selectors
 		if s.empty() {

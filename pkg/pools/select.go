@@ -39,6 +39,7 @@ type Resolved struct {
 	Name     string
 	Resource string // <prefix>/<name>
 	Kind     string
+	API      string // APIDevicePlugin or APIDRA
 	Devices  []Device
 	RDMACM   string // /dev/infiniband/rdma_cm when present
 }
@@ -85,7 +86,11 @@ func Resolve(c *Config, inv *discovery.Inventory, topo *topology.Topology) (pool
 		if kind == "" {
 			kind = KindSRIOV
 		}
-		p := Resolved{Name: pc.Name, Resource: c.Prefix() + "/" + pc.Name, Kind: kind, RDMACM: inv.RDMACM}
+		api := pc.API
+		if api == "" {
+			api = APIDevicePlugin
+		}
+		p := Resolved{Name: pc.Name, Resource: c.Prefix() + "/" + pc.Name, Kind: kind, API: api, RDMACM: inv.RDMACM}
 		sel := compile(&pc.Selectors)
 		for _, n := range inv.NICs {
 			if !candidate(n, kind) || !sel.match(n, nics, topo) {
@@ -110,7 +115,7 @@ func Resolve(c *Config, inv *discovery.Inventory, topo *topology.Topology) (pool
 			if r.Class > maxClass {
 				continue
 			}
-			p := Resolved{Name: r.Name, Resource: c.Prefix() + "/" + r.Name, Kind: KindSRIOV, RDMACM: inv.RDMACM}
+			p := Resolved{Name: r.Name, Resource: c.Prefix() + "/" + r.Name, Kind: KindSRIOV, API: APIDevicePlugin, RDMACM: inv.RDMACM}
 			for _, n := range inv.NICs {
 				if !candidate(n, KindSRIOV) || railOf[pfOf(n)] != r.Name {
 					continue

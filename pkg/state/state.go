@@ -88,6 +88,13 @@ type Record struct {
 	// Child is the child link, for attach other than move.
 	Child *Child `json:"child,omitempty"`
 
+	// Claim: the DRA claim the device came from (no deviceID from Multus);
+	// the DaemonSet writes the claim's status.devices[].networkData from
+	// it and Net.
+	Claim *ClaimRef `json:"claim,omitempty"`
+	// Net is what the pod got, recorded when ADD is done.
+	Net *NetData `json:"net,omitempty"`
+
 	// Encryption is what the encryption step installed (no key material).
 	Encryption *Encryption `json:"encryption,omitempty"`
 
@@ -95,6 +102,24 @@ type Record struct {
 	RDMAMoved bool     `json:"rdmaMoved,omitempty"` // exclusive mode: moved into the pod
 
 	Config []byte `json:"config"` // the netconf ADD got (DEL and GC reuse it)
+}
+
+// ClaimRef names a prepared ResourceClaim's device.
+type ClaimRef struct {
+	UID       string `json:"uid"`
+	Namespace string `json:"namespace"`
+	Name      string `json:"name"`
+	Request   string `json:"request"`
+	Driver    string `json:"driver"`
+	Pool      string `json:"pool"` // the ResourceSlice pool
+	Device    string `json:"device"`
+}
+
+// NetData is the pod's interface as ADD left it.
+type NetData struct {
+	IfName string   `json:"ifName"`
+	MAC    string   `json:"mac,omitempty"`
+	IPs    []string `json:"ips,omitempty"` // CIDR
 }
 
 // Child is a child link created for a shared attachment. DEL finds it by

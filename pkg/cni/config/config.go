@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 
@@ -213,6 +214,12 @@ type NetConf struct {
 	MTU       *int    `json:"mtu,omitempty"`
 	RDMA      string  `json:"rdma,omitempty"` // "auto" (default) | "off"
 
+	// Claim: with no deviceID from Multus, the device is the one the DRA
+	// driver prepared for this pod (K8S_POD_UID) under this claim or
+	// request name (the pod's name for the claim, the claim's name, or a
+	// request's name).
+	Claim string `json:"claim,omitempty"`
+
 	// Attach: "move" the device itself into the pod, or give the pod a
 	// child link of it ("macvlan", "ipvlan", "ipoib"); the default is move
 	// for a device, and for a shared slot (BDF#k) macvlan on Ethernet,
@@ -354,6 +361,9 @@ func (c *NetConf) Validate() error {
 			return Error(d.field, "%q is neither a PCI address (dddd:bb:dd.f) nor an auxiliary device name", d.v)
 		}
 	}
+	if c.Claim != "" && (len(c.Claim) > 253 || !reClaimName.MatchString(c.Claim)) {
+		return Error("claim", "%q is not a claim or request name (a DNS subdomain, or request/subrequest)", c.Claim)
+	}
 	for _, m := range []struct{ field, v string }{{"mac", c.MAC}, {"runtimeConfig.mac", c.RuntimeConfig.MAC}} {
 		if m.v == "" {
 			continue
@@ -451,6 +461,9 @@ func (c *NetConf) Validate() error {
 		}
 	}
 	if c.Attach == AttachIPVlan || c.Attach == AttachIPoIB {
+		if c.Claim != "" && (len(c.Claim) > 253 || !reClaimName.MatchString(c.Claim)) {
+			return Error("claim", "%q is not a claim or request name (a DNS subdomain, or request/subrequest)", c.Claim)
+		}
 		for _, m := range []struct{ field, v string }{{"mac", c.MAC}, {"runtimeConfig.mac", c.RuntimeConfig.MAC}} {
 			if m.v != "" {
 				return Error(m.field, "an %s child shares its parent's hardware address; it cannot have its own", c.Attach)
@@ -521,8 +534,11 @@ func validDeviceID(s string) bool {
 	return strings.Count(s, ".") >= 1 && !strings.ContainsAny(s, "/ \x00") && len(s) < 128
 }
 
+var reClaimName = regexp.MustCompile(`^[a-z0-9]([-a-z0-9.]*[a-z0-9])?(/[a-z0-9]([-a-z0-9]*[a-z0-9])?)?$`)
+
 // Device is the device to attach: runtimeConfig.deviceID, then deviceID,
-// then pciBusID (host-device's name for it). Missing is code 7.
+// then pciBusID (host-device's name for it). Missing is code 7 (the CNI
+// then looks in the DRA driver's claims when "claim" is set).
 func (c *NetConf) Device() (string, error) {
 	for _, v := range []string{c.RuntimeConfig.DeviceID, c.DeviceID, c.PCIBusID} {
 		if v != "" {
@@ -532,7 +548,7 @@ func (c *NetConf) Device() (string, error) {
 			return v, nil
 		}
 	}
-	return "", Error("deviceID", "missing: the device plugin's allocation (Multus passes it) or deviceID/pciBusID in the config")
+	return "", Error("deviceID", "missing: the device plugin's allocation (Multus passes it), deviceID/pciBusID in the config, or \"claim\" for a device a DRA claim holds")
 }
 
 // HardwareAddr is the MAC to set, if any (runtimeConfig.mac over mac).

@@ -1,0 +1,367 @@
+package dra
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"strings"
+	"sync"
+
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/dynamic-resource-allocation/kubeletplugin"
+	"k8s.io/dynamic-resource-allocation/resourceslice"
+
+	"github.com/railnet/railnet/pkg/deviceinfo"
+	"github.com/railnet/railnet/pkg/deviceplugin"
+	"github.com/railnet/railnet/pkg/discovery"
+	"github.com/railnet/railnet/pkg/dra/claims"
+	"github.com/railnet/railnet/pkg/pools"
+	"github.com/railnet/railnet/pkg/topology"
+)
+
+// PodClaimNameAnnotation is set by the resource claim controller on a
+// claim made from a pod's template: the pod's own name for it.
+const PodClaimNameAnnotation = "resource.kubernetes.io/pod-claim-name"
+
+// CDIKind is the kind of the CDI devices Prepare writes (one spec file per
+// claim, removed by Unprepare).
+const CDIKind = DriverName + "/claim"
+
+// Options configure a Driver.
+type Options struct {
+	NodeName     string
+	Client       kubernetes.Interface // nil: Start fails; tests drive Prepare directly
+	ClaimsDir    string               // checkpoints (claims.Dir of the CNI's state dir)
+	CDIDir       string               // where the runtime reads CDI specs
+	DevfsRoot    string               // the host paths of character devices
+	RegistrarDir string               // "": /var/lib/kubelet/plugins_registry
+	PluginDir    string               // "": /var/lib/kubelet/plugins/railnet.io
+	MaxPerSlice  int                  // "": 128, the API's limit
+	Logger       *slog.Logger
+}
+
+type key struct{ pool, device string }
+
+// entry is a device a claim may be given: a dra pool's device, healthy or
+// not (an allocated device whose PF went down is still the claim's).
+type entry struct {
+	pool     string // railnet's
+	resource string
+	rdmaCM   string
+	dev      pools.Device
+}
+
+// Driver is the DRA kubelet plugin. It implements kubeletplugin.DRAPlugin
+// and the agent's DRAPublisher.
+type Driver struct {
+	o   Options
+	log *slog.Logger
+
+	mu        sync.Mutex
+	devices   map[key]entry
+	resources *resourceslice.DriverResources // the last computed
+	published *resourceslice.DriverResources // the last handed to the helper
+	helper    *kubeletplugin.Helper
+	ctx       context.Context
+}
+
+// New returns a driver that publishes nothing until Start.
+func New(o Options) *Driver {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.MaxPerSlice <= 0 || o.MaxPerSlice > resourceapi.ResourceSliceMaxDevices {
+		o.MaxPerSlice = resourceapi.ResourceSliceMaxDevices
+	}
+	return &Driver{o: o, log: o.Logger, devices: map[key]entry{}}
+}
+
+// Start registers with the kubelet (plugin registration and DRA sockets)
+// and publishes the pools of the last scan, if any.
+func (d *Driver) Start(ctx context.Context) error {
+	if d.o.Client == nil {
+		return errors.New("DRA driver: no Kubernetes client")
+	}
+	if d.o.NodeName == "" {
+		return errors.New("DRA driver: no node name (--node-name or $NODE_NAME)")
+	}
+	opts := []kubeletplugin.Option{
+		kubeletplugin.DriverName(DriverName), kubeletplugin.KubeClient(d.o.Client), kubeletplugin.NodeName(d.o.NodeName),
+		kubeletplugin.HealthService(false),
+	}
+	if d.o.RegistrarDir != "" {
+		opts = append(opts, kubeletplugin.RegistrarDirectoryPath(d.o.RegistrarDir))
+	}
+	if d.o.PluginDir != "" {
+		opts = append(opts, kubeletplugin.PluginDataDirectoryPath(d.o.PluginDir))
+	}
+	h, err := kubeletplugin.Start(ctx, d, opts...)
+	if err != nil {
+		return fmt.Errorf("DRA driver: %w", err)
+	}
+	d.mu.Lock()
+	d.helper, d.ctx = h, ctx
+	d.mu.Unlock()
+	d.log.Info("DRA driver registered with the kubelet", "driver", DriverName, "node", d.o.NodeName)
+	d.publish()
+	return nil
+}
+
+// Stop unregisters; published slices stay (a restarted daemon takes them
+// over; a node that goes away has them deleted with it).
+func (d *Driver) Stop() {
+	d.mu.Lock()
+	h := d.helper
+	d.helper = nil
+	d.mu.Unlock()
+	if h != nil {
+		h.Stop()
+	}
+}
+
+// Resources computes what a scan's dra pools publish, and the devices
+// Prepare may hand out.
+func (d *Driver) Resources(ps []pools.Resolved, inv *discovery.Inventory, topo *topology.Topology) (*resourceslice.DriverResources, map[key]entry) {
+	res := &resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{}}
+	devs := map[key]entry{}
+	for i := range ps {
+		p := &ps[i]
+		name := PoolName(d.o.NodeName, p.Name)
+		var pool resourceslice.Pool
+		for _, s := range Split(Devices(p, inv, topo), d.o.MaxPerSlice) {
+			pool.Slices = append(pool.Slices, resourceslice.Slice{Devices: s})
+		}
+		res.Pools[name] = pool
+		for _, dev := range p.Devices {
+			devs[key{name, DeviceName(dev.ID)}] = entry{pool: p.Name, resource: p.Resource, rdmaCM: p.RDMACM, dev: dev}
+		}
+	}
+	return res, devs
+}
+
+// Publish takes a scan's dra pools (the agent calls it after every scan);
+// the helper's controller writes the slices that changed.
+func (d *Driver) Publish(ps []pools.Resolved, inv *discovery.Inventory, topo *topology.Topology) {
+	res, devs := d.Resources(ps, inv, topo)
+	d.mu.Lock()
+	d.devices, d.resources = devs, res
+	d.mu.Unlock()
+	d.publish()
+}
+
+func (d *Driver) publish() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.helper == nil || d.resources == nil || reflect.DeepEqual(d.resources, d.published) {
+		return
+	}
+	if err := d.helper.PublishResources(d.ctx, *d.resources); err != nil {
+		d.log.Error("DRA: publish ResourceSlices", "err", err)
+		return
+	}
+	n := 0
+	for _, p := range d.resources.Pools {
+		for _, s := range p.Slices {
+			n += len(s.Devices)
+		}
+	}
+	d.log.Info("DRA: ResourceSlices published", "pools", len(d.resources.Pools), "devices", n)
+	d.published = d.resources
+}
+
+// PrepareResourceClaims implements kubeletplugin.DRAPlugin.
+func (d *Driver) PrepareResourceClaims(_ context.Context, cs []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
+	out := make(map[types.UID]kubeletplugin.PrepareResult, len(cs))
+	for _, c := range cs {
+		devs, err := d.Prepare(c)
+		if err != nil {
+			d.log.Error("DRA: prepare", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "err", err)
+		} else {
+			d.log.Info("DRA: prepared", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "devices", len(devs))
+		}
+		out[c.UID] = kubeletplugin.PrepareResult{Err: err, Devices: devs}
+	}
+	return out, nil
+}
+
+// Prepare validates a claim's allocation against this node's devices and
+// the claims already prepared, writes its CDI spec, then its checkpoint.
+// Preparing a prepared claim again gives the same answer (the kubelet
+// retries after restarts).
+func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, error) {
+	if c.Status.Allocation == nil {
+		return nil, fmt.Errorf("claim %s/%s is not allocated", c.Namespace, c.Name)
+	}
+	uid := string(c.UID)
+	held := map[string]string{} // device ID → claim holding it
+	all, _ := claims.List(d.o.ClaimsDir)
+	for _, other := range all {
+		if other.UID == uid {
+			continue
+		}
+		for _, dv := range other.Devices {
+			held[dv.ID] = other.Namespace + "/" + other.Name
+		}
+	}
+	rec := &claims.Claim{UID: uid, Namespace: c.Namespace, Name: c.Name, PodClaimName: c.Annotations[PodClaimNameAnnotation]}
+	for _, r := range c.Status.ReservedFor {
+		if r.Resource == "pods" && r.APIGroup == "" {
+			rec.Pods = append(rec.Pods, string(r.UID))
+		}
+	}
+	type group struct {
+		request, resource, rdmaCM string
+		devs                      []deviceplugin.Device
+	}
+	var groups []*group
+	var results []kubeletplugin.Device
+	d.mu.Lock()
+	known := d.devices
+	d.mu.Unlock()
+	for _, r := range c.Status.Allocation.Devices.Results {
+		if r.Driver != DriverName {
+			continue
+		}
+		e, ok := known[key{r.Pool, r.Device}]
+		if !ok {
+			return nil, fmt.Errorf("claim %s/%s: device %s of pool %s is not one of this node's railnet.io devices", c.Namespace, c.Name, r.Device, r.Pool)
+		}
+		if other, busy := held[e.dev.ID]; busy {
+			return nil, fmt.Errorf("claim %s/%s: device %s (%s) is prepared for claim %s", c.Namespace, c.Name, r.Device, e.dev.ID, other)
+		}
+		held[e.dev.ID] = c.Namespace + "/" + c.Name
+		var g *group
+		for _, x := range groups {
+			if x.request == r.Request && x.resource == e.resource {
+				g = x
+			}
+		}
+		first := g == nil
+		if first {
+			g = &group{request: r.Request, resource: e.resource, rdmaCM: e.rdmaCM}
+			groups = append(groups, g)
+		}
+		g.devs = append(g.devs, deviceplugin.Device{ID: e.dev.ID, BDF: e.dev.BDF, PF: e.dev.PF, RDMA: e.dev.RDMA,
+			CharDevs: e.dev.CharDevs, NUMA: e.dev.NUMA, Rail: e.dev.Rail, IB: e.dev.IB})
+		dv := claims.Device{Request: r.Request, Pool: e.pool, DRAPool: r.Pool, Device: r.Device, ID: e.dev.ID,
+			BDF: e.dev.BDF, RDMA: e.dev.RDMA, Resource: e.resource}
+		kd := kubeletplugin.Device{Requests: []string{r.Request}, PoolName: r.Pool, DeviceName: r.Device}
+		if first {
+			// One CDI device per request: the env (PCIDEVICE_*, NCCL_IB_HCA)
+			// lists all of the request's devices at once.
+			id := CDIKind + "=" + cdiName(uid, r.Request, e.resource)
+			kd.CDIDeviceIDs = []string{id}
+			dv.CDI = kd.CDIDeviceIDs
+		}
+		rec.Devices = append(rec.Devices, dv)
+		results = append(results, kd)
+	}
+	spec := cdiSpec{Version: "0.6.0", Kind: CDIKind}
+	for _, g := range groups {
+		env, nodes, err := deviceplugin.ContainerEdits(g.resource, g.rdmaCM, d.o.DevfsRoot, g.devs)
+		if err != nil {
+			return nil, err
+		}
+		cd := cdiDevice{Name: cdiName(uid, g.request, g.resource)}
+		for _, k := range slices.Sorted(func(yield func(string) bool) {
+			for k := range env {
+				if !yield(k) {
+					return
+				}
+			}
+		}) {
+			cd.Edits.Env = append(cd.Edits.Env, k+"="+env[k])
+		}
+		for _, n := range nodes {
+			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, cdiDeviceNode{Path: n.ContainerPath, HostPath: n.HostPath, Permissions: "rw"})
+		}
+		spec.Devices = append(spec.Devices, cd)
+	}
+	if len(spec.Devices) > 0 {
+		b, err := json.MarshalIndent(spec, "", "  ")
+		if err != nil {
+			return nil, err
+		}
+		if err := os.MkdirAll(d.o.CDIDir, 0o755); err != nil {
+			return nil, err
+		}
+		if err := deviceinfo.WriteFile(cdiSpecPath(d.o.CDIDir, uid), b); err != nil {
+			return nil, fmt.Errorf("CDI spec: %w", err)
+		}
+	}
+	if err := claims.Save(d.o.ClaimsDir, rec); err != nil {
+		return nil, fmt.Errorf("checkpoint: %w", err)
+	}
+	return results, nil
+}
+
+// UnprepareResourceClaims implements kubeletplugin.DRAPlugin: the CDI spec
+// and the checkpoint go; a claim not prepared here is fine.
+func (d *Driver) UnprepareResourceClaims(_ context.Context, cs []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
+	out := make(map[types.UID]error, len(cs))
+	for _, c := range cs {
+		out[c.UID] = d.Unprepare(string(c.UID))
+		d.log.Info("DRA: unprepared", "claim", c.String(), "uid", c.UID, "err", out[c.UID])
+	}
+	return out, nil
+}
+
+// Unprepare removes what Prepare wrote for a claim; idempotent.
+func (d *Driver) Unprepare(uid string) error {
+	if err := os.Remove(cdiSpecPath(d.o.CDIDir, uid)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return claims.Remove(d.o.ClaimsDir, uid)
+}
+
+// HandleError implements kubeletplugin.DRAPlugin: background errors
+// (publishing slices) are logged; the controller retries.
+func (d *Driver) HandleError(_ context.Context, err error, msg string) {
+	d.log.Error("DRA: "+msg, "err", err, "recoverable", errors.Is(err, kubeletplugin.ErrRecoverable))
+}
+
+// WatchHealthStatus implements kubeletplugin.DRAPlugin: health shows in
+// the slices instead (an unhealthy device is not published).
+func (d *Driver) WatchHealthStatus(context.Context, chan<- kubeletplugin.DeviceHealthReport) error {
+	return kubeletplugin.ErrHealthNotSupported
+}
+
+// CDI spec 0.6.0, as the device plugin writes it.
+type cdiSpec struct {
+	Version string      `json:"cdiVersion"`
+	Kind    string      `json:"kind"`
+	Devices []cdiDevice `json:"devices"`
+}
+
+type cdiDevice struct {
+	Name  string `json:"name"`
+	Edits struct {
+		Env         []string        `json:"env,omitempty"`
+		DeviceNodes []cdiDeviceNode `json:"deviceNodes,omitempty"`
+	} `json:"containerEdits"`
+}
+
+type cdiDeviceNode struct {
+	Path        string `json:"path"`
+	HostPath    string `json:"hostPath,omitempty"`
+	Permissions string `json:"permissions,omitempty"`
+}
+
+// cdiSpecPath: one file per claim; its device names start with the claim
+// UID, so a runtime's cache never confuses two claims.
+func cdiSpecPath(dir, uid string) string {
+	return filepath.Join(dir, strings.ReplaceAll(CDIKind, "/", "-")+"_"+uid+".json")
+}
+
+func cdiName(uid, request, resource string) string {
+	r := strings.NewReplacer("/", "_", "#", "_")
+	return uid + "-" + r.Replace(request) + "-" + r.Replace(resource[strings.LastIndex(resource, "/")+1:])
+}
