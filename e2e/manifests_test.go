@@ -115,7 +115,7 @@ func TestNADExamples(t *testing.T) {
 	for _, c := range []struct {
 		file string
 		n    int
-	}{{"../deployments/examples/nads.yaml", 11}, {"cluster/manifests/nad-e2e.yaml", 2}} {
+	}{{"../deployments/examples/nads.yaml", 11}, {"cluster/manifests/nad-e2e.yaml", 3}} {
 		raw, err := os.ReadFile(c.file)
 		if err != nil {
 			t.Fatal(err)
@@ -139,8 +139,12 @@ func TestNADExamples(t *testing.T) {
 			if strings.Contains(nad.Spec.Config, "sysfsRoot") || strings.Contains(nad.Spec.Config, "stateDir") {
 				t.Errorf("%s: a NAD names a host path: %s", c.file, nad.Spec.Config)
 			}
-			if !strings.HasPrefix(nad.Metadata.Annotations["k8s.v1.cni.cncf.io/resourceName"], "railnet.io/") {
-				t.Errorf("%s: NAD without a railnet resource: %v", c.file, nad.Metadata.Annotations)
+			// A device plugin NAD names its resource (Multus passes the
+			// deviceID); a DRA NAD names the pod's claim instead.
+			res := nad.Metadata.Annotations["k8s.v1.cni.cncf.io/resourceName"]
+			dra := strings.Contains(nad.Spec.Config, `"claim"`)
+			if dra == (res != "") || (!dra && !strings.HasPrefix(res, "railnet.io/")) {
+				t.Errorf("%s: NAD needs a railnet.io resourceName annotation or a \"claim\" (not both): %v %s", c.file, nad.Metadata.Annotations, nad.Spec.Config)
 			}
 			n++
 		}

@@ -135,18 +135,13 @@ images() {
 	say "images: $(ctr images ls -q | grep -c .) in containerd ($name as localhost/railnet/railnet:e2e)"
 }
 
-# mocked_node builds the sysfs/devfs tree and the links it names: the PF is
-# a bridge (the NIC's embedded switch), each VF a veth whose peer is a port.
+# mocked_node builds the sysfs/devfs tree and the links it names
+# (node-links.sh: a PF is a bridge, the NIC's embedded switch; a VF a veth
+# whose peer is a port of it).
 mocked_node() {
 	rm -rf "$NODE_ROOT"
 	"$repo/bin/railnetctl" fakesys build --device-nodes "$here/node.json" "$NODE_ROOT" >/dev/null
-	ip link add rne2epf type bridge
-	ip link set rne2epf address 02:e2:e0:00:00:00 mtu 1500 up
-	for n in 0 1 2 3; do
-		ip link add "rne2ev$n" type veth peer name "rne2eb$n"
-		ip link set "rne2ev$n" address "02:e2:e0:00:01:0$n" mtu 1500 up
-		ip link set "rne2eb$n" master rne2epf up
-	done
+	sh "$here/node-links.sh"
 }
 
 containerd_up() {

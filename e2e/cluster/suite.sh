@@ -74,6 +74,13 @@ EOF
 }
 vf_pod() { test_pod "$1" e2e-vf e2e-vf; }
 
+can() { # can yes|no VERB RESOURCE NAMESPACE AS...
+	local want=$1 verb=$2 res=$3 ns=$4; shift 4
+	local got
+	got=$(k auth can-i "$verb" "$res" -n "$ns" "$@" 2>/dev/null || true)
+	[ "$got" = "$want" ] || fail "can-i $verb $res -n $ns $*: $got, want $want"
+}
+
 net1_ip() { k exec "$1" -- ip -4 -o addr show net1 | sed -n 's/.* inet \([0-9.]*\)\/.*/\1/p'; }
 pod_env() { k exec "$1" -- env; }
 ready() { k wait --for=condition=Ready "pod/$1" --timeout=60s >/dev/null; }
@@ -289,6 +296,239 @@ until_ok 30 all_vfs_home || fail "VFs back in the host: $(vfs_in_host)/4"
 pass "deleting the pods returned all 4 VFs (name, MAC, MTU) and freed every address"
 
 # ---------------------------------------------------------------------------
+say "DRA: the railnet.io driver's ResourceSlices"
+# dra_devices: "name attr=value ..." per railnet.io device published for this node.
+dra_devices() {
+	k get resourceslices -o json | python3 -c '
+import json, sys
+node = sys.argv[1]
+for s in json.load(sys.stdin)["items"]:
+    sp = s["spec"]
+    if sp["driver"] != "railnet.io" or sp.get("nodeName") != node:
+        continue
+    for d in sp.get("devices") or []:
+        kv = []
+        for k, v in sorted((d.get("attributes") or {}).items()):
+            kv.append("%s=%s" % (k, str(list(v.values())[0]).lower()))
+        print(d["name"], " ".join(kv))
+' "$NODE_NAME"
+}
+dra_count() { [ "$(dra_devices | grep -c .)" = "$1" ]; }
+dra_has() { dra_devices | grep -q "^$1 "; }
+until_ok 60 dra_count 4 || fail "railnet.io ResourceSlices: want 4 devices for $NODE_NAME, have: $(dra_devices)"
+devs=$(dra_devices)
+for want in \
+	"pci-0000-06-00-2 .*k8s.cni.cncf.io/deviceid=0000:06:00.2 k8s.cni.cncf.io/resourcename=railnet.io/e2e-dra railnet.io/gpulink=phb railnet.io/linktype=ether railnet.io/nearestgpu=0000:03:00.0 railnet.io/pfname=rne2edpa railnet.io/pfpciaddress=0000:06:00.0 railnet.io/pool=e2e-dra railnet.io/rdma=true railnet.io/rdmadevice=mlx5_7 railnet.io/vfindex=0 resource.kubernetes.io/numanode=0 resource.kubernetes.io/pcibusid=0000:06:00.2 resource.kubernetes.io/pcieroot=pci0000:00" \
+	"pci-0000-06-00-3 .*railnet.io/vfindex=1 .*resource.kubernetes.io/pcieroot=pci0000:00" \
+	"pci-0000-82-00-2 .*railnet.io/nearestgpu=0000:81:00.0 railnet.io/pfname=rne2edpb .*resource.kubernetes.io/pcieroot=pci0000:80" \
+	"pci-0000-82-00-3 .*railnet.io/rdmadevice=mlx5_11 .*resource.kubernetes.io/pcibusid=0000:82:00.3 resource.kubernetes.io/pcieroot=pci0000:80"; do
+	echo "$devs" | grep -q "^$want" || fail "no railnet.io device like '$want' in: $devs"
+done
+[ -z "$(allocatable e2e-dra)" ] || fail "the dra pool is also a device plugin resource: railnet.io/e2e-dra allocatable $(allocatable e2e-dra)"
+pass "ResourceSlices: 4 VFs of pool e2e-dra with pciBusID/pcieRoot/numaNode, gpuLink/nearestGPU, pf*, vfIndex, rdma*, k8s.cni.cncf.io/*; not a device plugin resource"
+
+# A VF leaves (its PCI function is gone from sysfs), then comes back.
+host mv "$NODE_ROOT/sys/bus/pci/devices/0000:82:00.3" "$NODE_ROOT/hidden-0000:82:00.3"
+vf_gone() { dra_count 3 && ! dra_has pci-0000-82-00-3; }
+until_ok 30 vf_gone || fail "a removed VF is still published: $(dra_devices)"
+host mv "$NODE_ROOT/hidden-0000:82:00.3" "$NODE_ROOT/sys/bus/pci/devices/0000:82:00.3"
+until_ok 30 dra_count 4 || fail "the VF did not come back: $(dra_devices)"
+pass "a VF that leaves sysfs leaves the slices, and comes back with it"
+# The PF's link drops: its VFs are not offered; up again: they are.
+set_link() { # set_link PF up|down
+	local carrier=1; [ "$2" = up ] || carrier=0
+	host sh -c "echo $2 > $NODE_ROOT/sys/class/net/$1/operstate; echo $carrier > $NODE_ROOT/sys/class/net/$1/carrier"
+	host ip link set "$1" "$2"
+}
+set_link rne2edpb down
+pf_gone() { dra_count 2 && ! dra_has pci-0000-82-00-2 && ! dra_has pci-0000-82-00-3; }
+until_ok 30 pf_gone || fail "VFs of a PF whose link is down are still published: $(dra_devices)"
+set_link rne2edpb up
+until_ok 30 dra_count 4 || fail "VFs not published again after the PF came up: $(dra_devices)"
+pass "PF rne2edpb down: its 2 VFs leave the slices; up: back"
+
+# ---------------------------------------------------------------------------
+say "DRA: a GPU and a NIC on one PCIe root complex (matchAttribute pcieRoot)"
+# A fake GPU driver's slice: gpu-0 and gpu-1 on GPU0's and GPU1's root
+# complexes (as the NVIDIA DRA driver would publish them), gpu-2 on a root
+# complex with no railnet NIC.
+k apply -f - >/dev/null <<EOF
+apiVersion: resource.k8s.io/v1
+kind: DeviceClass
+metadata: {name: gpu.example.com}
+spec:
+  selectors: [{cel: {expression: 'device.driver == "gpu.example.com"'}}]
+---
+apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
+metadata: {name: e2e-fake-gpus}
+spec:
+  driver: gpu.example.com
+  nodeName: $NODE_NAME
+  pool: {name: e2e-fake-gpus, generation: 1, resourceSliceCount: 1}
+  devices:
+  - {name: gpu-0, attributes: {resource.kubernetes.io/pcieRoot: {string: "pci0000:00"}, resource.kubernetes.io/pciBusID: {string: "0000:03:00.0"}}}
+  - {name: gpu-1, attributes: {resource.kubernetes.io/pcieRoot: {string: "pci0000:80"}, resource.kubernetes.io/pciBusID: {string: "0000:81:00.0"}}}
+  - {name: gpu-2, attributes: {resource.kubernetes.io/pcieRoot: {string: "pci0000:c0"}, resource.kubernetes.io/pciBusID: {string: "0000:c1:00.0"}}}
+EOF
+# aligned GPU-BDF: a claim for that GPU and any railnet NIC on its root
+# complex, and a pod that uses it (the scheduler allocates the claim when
+# it places the pod; the pod never runs: no kubelet plugin serves the GPU).
+aligned() {
+	k apply -f - >/dev/null <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaim
+metadata: {name: aligned-$1, namespace: $NS}
+spec:
+  devices:
+    requests:
+    - name: gpu
+      exactly:
+        deviceClassName: gpu.example.com
+        selectors: [{cel: {expression: 'device.attributes["resource.kubernetes.io"].pciBusID == "$2"'}}]
+    - name: nic
+      exactly: {deviceClassName: e2e-dra.railnet.io}
+    constraints:
+    - {requests: [gpu, nic], matchAttribute: resource.kubernetes.io/pcieRoot}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: aligned-$1, namespace: $NS, labels: {railnet-e2e: "1"}}
+spec:
+  terminationGracePeriodSeconds: 1
+  resourceClaims: [{name: pair, resourceClaimName: aligned-$1}]
+  containers:
+  - name: c
+    image: localhost/railnet-e2e/testpod:1
+    imagePullPolicy: Never
+    resources: {claims: [{name: pair}]}
+EOF
+}
+allocated_nic() { k get resourceclaim "aligned-$1" -o jsonpath='{.status.allocation.devices.results[?(@.driver=="railnet.io")].device}'; }
+has_allocation() { [ -n "$(allocated_nic "$1")" ]; }
+root_of() { dra_devices | sed -n "s/^$1 .*resource.kubernetes.io\/pcieroot=\([^ ]*\).*/\1/p"; }
+for g in gpu-0:0000:03:00.0:pci0000:00 gpu-1:0000:81:00.0:pci0000:80; do
+	name=${g%%:*}; rest=${g#*:}; bdf=${rest%:*}; root=${rest##*:}
+	aligned "$name" "$bdf"
+	until_ok 60 has_allocation "$name" || fail "claim aligned-$name not allocated: $(k get resourceclaim aligned-$name -o yaml | tail -20)"
+	nic=$(allocated_nic "$name")
+	[ "$(root_of "$nic")" = "$root" ] || fail "aligned-$name: NIC $nic is on $(root_of "$nic"), GPU $bdf on $root"
+	k delete pod "aligned-$name" --grace-period=0 --force --wait=false >/dev/null 2>&1
+	k delete resourceclaim "aligned-$name" --wait=false >/dev/null
+	pass "claim for $name ($bdf, $root) + a railnet NIC with matchAttribute pcieRoot: allocated $nic, on $root"
+done
+aligned gpu-2 0000:c1:00.0
+unschedulable() { k get pod aligned-gpu-2 -o jsonpath='{.status.conditions[?(@.type=="PodScheduled")].reason}' | grep -qx Unschedulable; }
+until_ok 60 unschedulable || fail "a pod whose GPU has no railnet NIC on its root complex was not refused: $(k get pod aligned-gpu-2 -o yaml | tail -15)"
+has_allocation gpu-2 && fail "aligned-gpu-2 was allocated $(allocated_nic gpu-2)"
+pass "no railnet NIC shares gpu-2's root complex (pci0000:c0): the pod is Unschedulable, the claim unallocated"
+k delete pod aligned-gpu-2 --grace-period=0 --force --wait=false >/dev/null 2>&1
+k delete resourceclaim aligned-gpu-2 --wait=false >/dev/null
+k delete resourceslice e2e-fake-gpus >/dev/null
+k delete deviceclass gpu.example.com >/dev/null
+
+# ---------------------------------------------------------------------------
+say "DRA: a pod's NIC claim, attached by Multus and railnet"
+k apply -f - >/dev/null <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceClaimTemplate
+metadata: {name: e2e-nic, namespace: $NS}
+spec:
+  spec:
+    devices:
+      requests:
+      - name: nic
+        exactly: {deviceClassName: e2e-dra.railnet.io}
+EOF
+dra_pod() {
+	k apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Pod
+metadata:
+  name: $1
+  namespace: $NS
+  labels: {railnet-e2e: "1"}
+  annotations: {k8s.v1.cni.cncf.io/networks: e2e-dra}
+spec:
+  terminationGracePeriodSeconds: 1
+  resourceClaims: [{name: nic, resourceClaimTemplateName: e2e-nic}]
+  containers:
+  - name: c
+    image: localhost/railnet-e2e/testpod:1
+    imagePullPolicy: Never
+    resources: {claims: [{name: nic}]}
+EOF
+}
+dra_checkpoints() { host sh -c 'ls /var/lib/cni/railnet/dra 2>/dev/null' | grep -c '\.json$' || true; }
+dra_cdi_specs() { host sh -c 'ls /var/run/cdi 2>/dev/null' | grep -c '^railnet.io-claim_' || true; }
+dra_pod dra-a
+ready dra-a || fail "pod dra-a not Ready: $(k describe pod dra-a | tail -8)"
+claim=$(k get pod dra-a -o jsonpath='{.status.resourceClaimStatuses[0].resourceClaimName}')
+nic=$(k get resourceclaim "$claim" -o jsonpath='{.status.allocation.devices.results[0].device}')
+bdf=$(echo "$nic" | sed 's/^pci-\([0-9a-f]*\)-\([0-9a-f]*\)-\([0-9a-f]*\)-\([0-9a-f]\)$/\1:\2:\3.\4/')
+env_out=$(pod_env dra-a)
+echo "$env_out" | grep -qx "PCIDEVICE_RAILNET_IO_E2E_DRA=$bdf" || fail "dra-a env: $(echo "$env_out" | grep -E 'PCIDEVICE|NCCL'), allocated $nic"
+echo "$env_out" | grep -Eq '^NCCL_IB_HCA==mlx5_([78]|1[01])$' || fail "dra-a NCCL_IB_HCA: $(echo "$env_out" | grep NCCL)"
+k exec dra-a -- ls -l /dev/infiniband | grep -Eq '^c.* uverbs(8|9|10|11)$' || fail "dra-a has no uverbs character device: $(k exec dra-a -- ls -l /dev/infiniband)"
+k exec dra-a -- ls -l /dev/infiniband | grep -Eq '^c.* rdma_cm$' || fail "dra-a has no rdma_cm"
+d_ip=$(net1_ip dra-a)
+case "$d_ip" in 10.79.0.*) ;; *) fail "dra-a net1 address '$d_ip'" ;; esac
+d_mac=$(k exec dra-a -- cat /sys/class/net/net1/address)
+case "$bdf" in 0000:06:00.*) vfl=rne2eda$((${bdf##*.} - 2)) ;; *) vfl=rne2edb$((${bdf##*.} - 2)) ;; esac
+host ip link show "$vfl" >/dev/null 2>&1 && fail "$vfl ($bdf) is still in the host"
+pass "dra-a: claim $claim got $nic; env PCIDEVICE_RAILNET_IO_E2E_DRA=$bdf and NCCL_IB_HCA, RDMA character devices (CDI); net1 $d_ip is $vfl, moved by railnet from the claim (no deviceID from Multus)"
+netdata() { k get resourceclaim "$claim" -o jsonpath='{range .status.devices[*]}{.driver} {.device} {.networkData.interfaceName} {.networkData.ips} {.networkData.hardwareAddress}{end}'; }
+netdata_ok() { netdata | grep -q "^railnet.io $nic net1 .*\"$d_ip/24\".* $d_mac$"; }
+until_ok 30 netdata_ok || fail "claim $claim status.devices: '$(netdata)', want railnet.io $nic net1 $d_ip/24 $d_mac"
+pass "claim $claim status.devices[].networkData: $(netdata)"
+[ "$(dra_checkpoints)" = 1 ] && [ "$(dra_cdi_specs)" = 1 ] || fail "checkpoints $(dra_checkpoints), CDI specs $(dra_cdi_specs); want 1 and 1"
+
+claim_uid=$(k get resourceclaim "$claim" -o jsonpath='{.metadata.uid}')
+say "restart the DaemonSet pod between Prepare and the pod's deletion"
+old=$(agent_pod)
+k -n railnet-system delete pod "$old" --wait=true >/dev/null
+until_ok 60 new_agent "$old" || fail "no new agent pod"
+until_ok 90 ds_ready || fail "DaemonSet not Ready after its pod restarted"
+until_ok 60 dra_count 4 || fail "slices after the restart: $(dra_devices)"
+k delete pod dra-a --wait=true --timeout=60s >/dev/null
+vf_home() { host ip -o link show "$vfl" 2>/dev/null | grep -q "link/ether 02:e2:e0:00:0[23]:1[01] "; }
+until_ok 30 vf_home || fail "$vfl did not come back to the host"
+no_dra_state() { [ "$(dra_checkpoints)" = 0 ] && [ "$(dra_cdi_specs)" = 0 ]; }
+until_ok 30 no_dra_state || fail "after the pod's deletion: checkpoints $(dra_checkpoints), CDI specs $(dra_cdi_specs)"
+k -n railnet-system logs "$(agent_pod)" -c agent | grep -q "\"msg\":\"DRA: unprepared\".*\"uid\":\"$claim_uid\"" || fail "the restarted agent did not unprepare $claim ($claim_uid)"
+claim_gone() { ! k get resourceclaim "$claim" >/dev/null 2>&1; }
+until_ok 30 claim_gone || fail "claim $claim not deleted with its pod"
+pass "the restarted agent unprepared $claim from its checkpoint: $vfl back in the host, checkpoint and CDI spec removed, claim gone"
+
+say "DRA: resources.limits railnet.io/e2e-dra through the DeviceClass's extendedResourceName"
+test_pod ext-a e2e-dra
+ready ext-a || fail "pod ext-a not Ready: $(k describe pod ext-a | tail -8)"
+pod_env ext-a | grep -Eq '^PCIDEVICE_RAILNET_IO_E2E_DRA=0000:(06|82):00\.[23]$' || fail "ext-a env: $(pod_env ext-a | grep -E 'PCIDEVICE|NCCL')"
+ext_claim=$(k get pod ext-a -o jsonpath='{.status.extendedResourceClaimStatus.resourceClaimName}')
+pass "ext-a (limits railnet.io/e2e-dra: 1) got $(pod_env ext-a | sed -n 's/^PCIDEVICE_RAILNET_IO_E2E_DRA=//p') through claim ${ext_claim:-?}"
+k delete pod ext-a --wait=true --timeout=60s >/dev/null
+until_ok 30 no_dra_state || fail "after ext-a: checkpoints $(dra_checkpoints), CDI specs $(dra_cdi_specs)"
+
+# The agent's identity can write its own node's slices and this driver's
+# claim status, nothing else.
+sa=(--as=system:serviceaccount:railnet-system:railnet-node)
+can yes create resourceslices.resource.k8s.io "" "${sa[@]}"
+can yes get resourceclaims.resource.k8s.io default "${sa[@]}"
+can no update resourceclaims.resource.k8s.io default "${sa[@]}"
+can no get secrets railnet-system "${sa[@]}"
+can no list pods default "${sa[@]}"
+can no create deviceclasses.resource.k8s.io "" "${sa[@]}"
+out=$(k create --dry-run=server "${sa[@]}" --as-user-extra=authentication.kubernetes.io/node-name=not-"$NODE_NAME" -f - 2>&1 <<EOF
+apiVersion: resource.k8s.io/v1
+kind: ResourceSlice
+metadata: {name: e2e-foreign}
+spec: {driver: railnet.io, nodeName: $NODE_NAME, pool: {name: x, generation: 1, resourceSliceCount: 1}}
+EOF
+) && fail "the agent of another node could write $NODE_NAME's slice: $out"
+echo "$out" | grep -q "may only write its own node" || fail "a foreign slice refused for another reason: $out"
+pass "RBAC: the agent may write ResourceSlices and read claims, not update them, read secrets or list pods; a slice of another node is refused (ValidatingAdmissionPolicy)"
+
+# ---------------------------------------------------------------------------
 say "every manifest in deployments/ against the real apiserver (--dry-run=server)"
 # The secure namespaces are applied for real (their Roles live in them).
 out=$(k apply -k "$repo/deployments/examples/secure-ai" 2>&1) || fail "deployments/examples/secure-ai rejected: $out"
@@ -307,12 +547,6 @@ for ns in ai-inference ai-training; do
 done
 pass "ai-inference (restricted) and ai-training (baseline) refuse a privileged pod"
 
-can() { # can yes|no VERB RESOURCE NAMESPACE AS...
-	local want=$1 verb=$2 res=$3 ns=$4; shift 4
-	local got
-	got=$(k auth can-i "$verb" "$res" -n "$ns" "$@" 2>/dev/null || true)
-	[ "$got" = "$want" ] || fail "can-i $verb $res -n $ns $*: $got, want $want"
-}
 ds=(--as=dana --as-group=ai:data-scientists)
 ml=(--as=max --as-group=ai:ml-engineers)
 sa=(--as=system:serviceaccount:ai-training:training-job)

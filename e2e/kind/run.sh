@@ -42,9 +42,7 @@ kubectl apply -f "$repo/e2e/cluster/manifests/nad-crd.yaml"
 docker cp "$repo/bin/railnetctl" "$NODE:/usr/local/bin/railnetctl"
 docker cp "$repo/e2e/cluster/node.json" "$NODE:/tmp/node.json"
 node railnetctl fakesys build --device-nodes /tmp/node.json /var/lib/railnet-e2e/node
-node sh -c 'ip link add rne2epf type bridge && ip link set rne2epf address 02:e2:e0:00:00:00 up &&
-	for n in 0 1 2 3; do ip link add rne2ev$n type veth peer name rne2eb$n &&
-	ip link set rne2ev$n address 02:e2:e0:00:01:0$n mtu 1500 up && ip link set rne2eb$n master rne2epf up; done'
+node sh -s <"$repo/e2e/cluster/node-links.sh"
 
 # Images: railnet's, retagged as the e2e overlay names it, and the test pod's.
 kind load image-archive "$repo/bin/railnet-image.tar" --name "$CLUSTER"

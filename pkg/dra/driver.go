@@ -14,6 +14,8 @@ import (
 	"sync"
 
 	resourceapi "k8s.io/api/resource/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/dynamic-resource-allocation/kubeletplugin"
@@ -201,14 +203,14 @@ func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 		return nil, fmt.Errorf("claim %s/%s is not allocated", c.Namespace, c.Name)
 	}
 	uid := string(c.UID)
-	held := map[string]string{} // device ID → claim holding it
+	held := map[string]*claims.Claim{} // device ID → claim holding it
 	all, _ := claims.List(d.o.ClaimsDir)
 	for _, other := range all {
 		if other.UID == uid {
 			continue
 		}
 		for _, dv := range other.Devices {
-			held[dv.ID] = other.Namespace + "/" + other.Name
+			held[dv.ID] = other
 		}
 	}
 	rec := &claims.Claim{UID: uid, Namespace: c.Namespace, Name: c.Name, PodClaimName: c.Annotations[PodClaimNameAnnotation]}
@@ -234,10 +236,10 @@ func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 		if !ok {
 			return nil, fmt.Errorf("claim %s/%s: device %s of pool %s is not one of this node's railnet.io devices", c.Namespace, c.Name, r.Device, r.Pool)
 		}
-		if other, busy := held[e.dev.ID]; busy {
-			return nil, fmt.Errorf("claim %s/%s: device %s (%s) is prepared for claim %s", c.Namespace, c.Name, r.Device, e.dev.ID, other)
+		if other, busy := held[e.dev.ID]; busy && d.stillHeld(other) {
+			return nil, fmt.Errorf("claim %s/%s: device %s (%s) is prepared for claim %s/%s", c.Namespace, c.Name, r.Device, e.dev.ID, other.Namespace, other.Name)
 		}
-		held[e.dev.ID] = c.Namespace + "/" + c.Name
+		held[e.dev.ID] = rec
 		var g *group
 		for _, x := range groups {
 			if x.request == r.Request && x.resource == e.resource {
@@ -303,6 +305,20 @@ func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 	return results, nil
 }
 
+// stillHeld: a claim checkpointed as holding a device still exists; one
+// the API no longer has is unprepared on the spot (Collect would later).
+func (d *Driver) stillHeld(c *claims.Claim) bool {
+	if c == nil || c.UID == "" {
+		return true // this claim itself, listing a device twice
+	}
+	if d.o.Client == nil || d.claimExists(context.Background(), c) {
+		return true
+	}
+	err := d.Unprepare(c.UID)
+	d.log.Info("DRA: unprepared a claim that no longer exists", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "err", err)
+	return err != nil
+}
+
 // UnprepareResourceClaims implements kubeletplugin.DRAPlugin: the CDI spec
 // and the checkpoint go; a claim not prepared here is fine.
 func (d *Driver) UnprepareResourceClaims(_ context.Context, cs []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
@@ -364,4 +380,34 @@ func cdiSpecPath(dir, uid string) string {
 func cdiName(uid, request, resource string) string {
 	r := strings.NewReplacer("/", "_", "#", "_")
 	return uid + "-" + r.Replace(request) + "-" + r.Replace(resource[strings.LastIndex(resource, "/")+1:])
+}
+
+// Collect unprepares checkpoints whose claim is gone from the API (or is
+// another claim by now): a pod force-deleted before the kubelet could
+// unprepare it, or a prepare the kubelet gave up on, would otherwise hold
+// its devices for ever. A claim the API cannot be asked about is kept.
+func (d *Driver) Collect(ctx context.Context) {
+	if d.o.Client == nil {
+		return
+	}
+	all, _ := claims.List(d.o.ClaimsDir)
+	for _, c := range all {
+		if d.claimExists(ctx, c) {
+			continue
+		}
+		err := d.Unprepare(c.UID)
+		d.log.Info("DRA: unprepared a claim that no longer exists", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "err", err)
+	}
+}
+
+// claimExists: true unless the API says the claim, with this UID, is gone.
+func (d *Driver) claimExists(ctx context.Context, c *claims.Claim) bool {
+	got, err := d.o.Client.ResourceV1().ResourceClaims(c.Namespace).Get(ctx, c.Name, metav1.GetOptions{})
+	switch {
+	case apierrors.IsNotFound(err):
+		return false
+	case err != nil:
+		return true
+	}
+	return string(got.UID) == c.UID
 }

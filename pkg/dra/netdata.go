@@ -24,12 +24,16 @@ type NetworkData struct {
 	written  map[string]resourceapi.NetworkDeviceData
 }
 
-// Run syncs every interval until ctx ends.
+// Run syncs every interval until ctx ends, and every ten intervals
+// collects checkpoints of claims that are gone.
 func (n *NetworkData) Run(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
-	for {
+	for i := 0; ; i++ {
 		n.Sync(ctx)
+		if i%10 == 9 {
+			n.Driver.Collect(ctx)
+		}
 		select {
 		case <-ctx.Done():
 			return
