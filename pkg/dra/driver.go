@@ -102,8 +102,14 @@ func (d *Driver) Start(ctx context.Context) error {
 	if d.o.RegistrarDir != "" {
 		opts = append(opts, kubeletplugin.RegistrarDirectoryPath(d.o.RegistrarDir))
 	}
-	if d.o.PluginDir != "" {
-		opts = append(opts, kubeletplugin.PluginDataDirectoryPath(d.o.PluginDir))
+	pluginDir := d.o.PluginDir
+	if pluginDir == "" {
+		pluginDir = filepath.Join(kubeletplugin.KubeletPluginsDir, DriverName)
+	}
+	opts = append(opts, kubeletplugin.PluginDataDirectoryPath(pluginDir))
+	// The helper listens there but does not make it.
+	if err := os.MkdirAll(pluginDir, 0o750); err != nil {
+		return fmt.Errorf("DRA driver: %w", err)
 	}
 	h, err := kubeletplugin.Start(ctx, d, opts...)
 	if err != nil {
