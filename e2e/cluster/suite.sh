@@ -309,7 +309,7 @@ for s in json.load(sys.stdin)["items"]:
     for d in sp.get("devices") or []:
         kv = []
         for k, v in sorted((d.get("attributes") or {}).items()):
-            kv.append("%s=%s" % (k, str(list(v.values())[0]).lower()))
+            kv.append(("%s=%s" % (k, list(v.values())[0])).lower())
         print(d["name"], " ".join(kv))
 ' "$NODE_NAME"
 }
@@ -318,7 +318,7 @@ dra_has() { dra_devices | grep -q "^$1 "; }
 until_ok 60 dra_count 4 || fail "railnet.io ResourceSlices: want 4 devices for $NODE_NAME, have: $(dra_devices)"
 devs=$(dra_devices)
 for want in \
-	"pci-0000-06-00-2 .*k8s.cni.cncf.io/deviceid=0000:06:00.2 k8s.cni.cncf.io/resourcename=railnet.io/e2e-dra railnet.io/gpulink=phb railnet.io/linktype=ether railnet.io/nearestgpu=0000:03:00.0 railnet.io/pfname=rne2edpa railnet.io/pfpciaddress=0000:06:00.0 railnet.io/pool=e2e-dra railnet.io/rdma=true railnet.io/rdmadevice=mlx5_7 railnet.io/vfindex=0 resource.kubernetes.io/numanode=0 resource.kubernetes.io/pcibusid=0000:06:00.2 resource.kubernetes.io/pcieroot=pci0000:00" \
+	"pci-0000-06-00-2 .*k8s.cni.cncf.io/deviceid=0000:06:00.2 k8s.cni.cncf.io/resourcename=railnet.io/e2e-dra railnet.io/gpulink=phb railnet.io/linktype=ether railnet.io/nearestgpu=0000:03:00.0 railnet.io/pfname=rne2edpa railnet.io/pfpciaddress=0000:06:00.0 railnet.io/pool=e2e-dra railnet.io/rail=rail[0-9] railnet.io/rdma=true railnet.io/rdmadevice=mlx5_7 railnet.io/vfindex=0 resource.kubernetes.io/numanode=0 resource.kubernetes.io/pcibusid=0000:06:00.2 resource.kubernetes.io/pcieroot=pci0000:00" \
 	"pci-0000-06-00-3 .*railnet.io/vfindex=1 .*resource.kubernetes.io/pcieroot=pci0000:00" \
 	"pci-0000-82-00-2 .*railnet.io/nearestgpu=0000:81:00.0 railnet.io/pfname=rne2edpb .*resource.kubernetes.io/pcieroot=pci0000:80" \
 	"pci-0000-82-00-3 .*railnet.io/rdmadevice=mlx5_11 .*resource.kubernetes.io/pcibusid=0000:82:00.3 resource.kubernetes.io/pcieroot=pci0000:80"; do
