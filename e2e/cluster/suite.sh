@@ -407,8 +407,8 @@ EOF
 allocated_nic() { k get resourceclaim "aligned-$1" -o jsonpath='{.status.allocation.devices.results[?(@.driver=="railnet.io")].device}'; }
 has_allocation() { [ -n "$(allocated_nic "$1")" ]; }
 root_of() { dra_devices | sed -n "s/^$1 .*resource.kubernetes.io\/pcieroot=\([^ ]*\).*/\1/p"; }
-for g in gpu-0:0000:03:00.0:pci0000:00 gpu-1:0000:81:00.0:pci0000:80; do
-	name=${g%%:*}; rest=${g#*:}; bdf=${rest%:*}; root=${rest##*:}
+for g in "gpu-0 0000:03:00.0 pci0000:00" "gpu-1 0000:81:00.0 pci0000:80"; do
+	read -r name bdf root <<<"$g"
 	aligned "$name" "$bdf"
 	until_ok 60 has_allocation "$name" || fail "claim aligned-$name not allocated: $(k get resourceclaim aligned-$name -o yaml | tail -20)"
 	nic=$(allocated_nic "$name")
@@ -490,6 +490,9 @@ k -n railnet-system delete pod "$old" --wait=true >/dev/null
 until_ok 60 new_agent "$old" || fail "no new agent pod"
 until_ok 90 ds_ready || fail "DaemonSet not Ready after its pod restarted"
 until_ok 60 dra_count 4 || fail "slices after the restart: $(dra_devices)"
+sleep 6 # a reconciler pass or more: the kubelet lists the claim's device for dra-a
+k exec dra-a -- ip link show net1 >/dev/null || fail "dra-a lost net1 after the agent restart"
+k -n railnet-system logs "$(agent_pod)" -c agent | grep '"msg":"reconciler released' | grep -q '"pod":"default/dra-a"' && fail "the reconciler released dra-a's VF"
 k delete pod dra-a --wait=true --timeout=60s >/dev/null
 vf_home() { host ip -o link show "$vfl" 2>/dev/null | grep -q "link/ether 02:e2:e0:00:0[23]:1[01] "; }
 until_ok 30 vf_home || fail "$vfl did not come back to the host"

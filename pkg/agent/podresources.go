@@ -8,6 +8,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
+
+	"github.com/railnet/railnet/pkg/dra/claims"
 )
 
 // DefaultPodResourcesSocket is the kubelet's pod-resources endpoint.
@@ -51,6 +53,13 @@ func (k *KubeletPods) Held(ctx context.Context) (map[string][]PodRef, error) {
 					held[id] = append(held[id], ref)
 				}
 			}
+			for _, dr := range c.GetDynamicResources() {
+				for _, r := range dr.GetClaimResources() {
+					if id := DRAHeldID(r.GetDriverName(), r.GetPoolName(), r.GetDeviceName()); id != "" {
+						held[id] = append(held[id], ref)
+					}
+				}
+			}
 		}
 	}
 	return held, nil
@@ -62,4 +71,13 @@ func (k *KubeletPods) Close() error {
 		return nil
 	}
 	return k.conn.Close()
+}
+
+// DRAHeldID is how Held names a device a pod holds through a DRA claim of
+// railnet.io's: its slice pool and device name ("" for other drivers).
+func DRAHeldID(driver, pool, device string) string {
+	if driver != claims.Driver {
+		return ""
+	}
+	return "dra:" + pool + "/" + device
 }

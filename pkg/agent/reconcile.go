@@ -178,6 +178,12 @@ func (r *Reconciler) verdict(rec *state.Record, held map[string][]PodRef, podsKn
 		}
 		var holders []PodRef
 		pooled := false
+		if c := rec.Claim; c != nil {
+			// A DRA claim's device: the kubelet lists it under the claim.
+			if id := DRAHeldID(c.Driver, c.Pool, c.Device); id != "" {
+				holders, pooled = append(holders, held[id]...), true
+			}
+		}
 		for _, id := range ids {
 			holders = append(holders, held[id]...)
 			if r.ResourceOf != nil {

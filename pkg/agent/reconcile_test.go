@@ -92,3 +92,29 @@ func TestWatchLinksResubscribes(t *testing.T) {
 		t.Errorf("resubscriptions counted %v, subscribe calls %d; want 1 and 3", got, calls)
 	}
 }
+
+// A DRA attachment is held while the kubelet lists its claim's device for
+// the pod (pod-resources' dynamic resources); released when nobody does,
+// and never kept for a device plugin device of the same BDF.
+func TestVerdictDRAClaims(t *testing.T) {
+	r := &Reconciler{}
+	rec := &state.Record{ContainerID: "c", IfName: "net1", DeviceID: "0000:06:00.2", BDF: "0000:06:00.2", PodNamespace: "ns", PodName: "p",
+		Claim: &state.ClaimRef{Driver: "railnet.io", Pool: "node/e2e-dra", Device: "pci-0000-06-00-2"}}
+	id := DRAHeldID("railnet.io", "node/e2e-dra", "pci-0000-06-00-2")
+	for _, tc := range []struct {
+		held map[string][]PodRef
+		want string
+	}{
+		{map[string][]PodRef{id: {{Namespace: "ns", Name: "p"}}}, reasonKeepHeld},
+		{map[string][]PodRef{id: {{Namespace: "ns", Name: "q"}}}, ReasonOtherPod},
+		{map[string][]PodRef{}, ReasonNoPod},
+		{map[string][]PodRef{DRAHeldID("gpu.example.com", "node/e2e-dra", "pci-0000-06-00-2"): {{Namespace: "ns", Name: "p"}}}, ReasonNoPod},
+	} {
+		if got, detail := r.verdict(rec, tc.held, true); got != tc.want {
+			t.Errorf("held %v: %s (%s), want %s", tc.held, got, detail, tc.want)
+		}
+	}
+	if DRAHeldID("gpu.example.com", "x", "y") != "" {
+		t.Error("another driver's device is named")
+	}
+}
