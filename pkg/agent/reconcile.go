@@ -8,7 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
-	"path/filepath"
+	"strings"
 	"syscall"
 	"time"
 
@@ -223,13 +223,25 @@ func (r *Reconciler) verdict(rec *state.Record, held map[string][]PodRef, podsKn
 
 // netnsExists: nil when the path names something in the host's view,
 // an error wrapping ENOENT when it does not.
+// With a host root, the path resolves inside it, as it would chrooted
+// there: the host's /var/run is a symlink to /run, which joined onto the
+// host root naively would name this container's /run, where no pod's
+// netns is, and every live netns would look gone.
 func (r *Reconciler) netnsExists(path string) error {
-	full := path
-	if r.HostRoot != "" {
-		full = filepath.Join(r.HostRoot, path)
+	if r.HostRoot == "" {
+		var st unix.Stat_t
+		return unix.Stat(path, &st)
 	}
-	var st unix.Stat_t
-	return unix.Stat(full, &st)
+	root, err := unix.Open(r.HostRoot, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("host root %s: %w", r.HostRoot, err)
+	}
+	defer unix.Close(root)
+	fd, err := unix.Openat2(root, strings.TrimLeft(path, "/"), &unix.OpenHow{Flags: unix.O_PATH | unix.O_CLOEXEC, Resolve: unix.RESOLVE_IN_ROOT})
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
 }
 
 // del runs the CNI's DEL for rec. It is not cancelled with the

@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 
 	"github.com/railnet/railnet/pkg/state"
 )
@@ -116,5 +117,36 @@ func TestVerdictDRAClaims(t *testing.T) {
 	}
 	if DRAHeldID("gpu.example.com", "x", "y") != "" {
 		t.Error("another driver's device is named")
+	}
+}
+
+// The host's /var/run is a symlink to /run: a netns path resolves inside
+// the host root, not in this process's /run.
+func TestNetnsExistsResolvesInHostRoot(t *testing.T) {
+	root := t.TempDir()
+	if err := os.MkdirAll(filepath.Join(root, "run", "netns"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink("/run", filepath.Join(root, "var-run")); err != nil {
+		t.Fatal(err)
+	}
+	os.MkdirAll(filepath.Join(root, "var"), 0o755)
+	if err := os.Rename(filepath.Join(root, "var-run"), filepath.Join(root, "var", "run")); err != nil {
+		t.Fatal(err)
+	}
+	name := "rn-test-" + filepath.Base(root)
+	if err := os.WriteFile(filepath.Join(root, "run", "netns", name), nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := &Reconciler{HostRoot: root}
+	if err := r.netnsExists("/var/run/netns/" + name); err != nil {
+		t.Fatalf("a netns in the host root's /run, through /var/run: %v", err)
+	}
+	if err := r.netnsExists("/var/run/netns/" + name + "-gone"); !errors.Is(err, unix.ENOENT) {
+		t.Fatalf("a missing netns: %v, want ENOENT", err)
+	}
+	// Not this process's /run: a file there is not the host's.
+	if _, err := os.Stat("/run/netns/" + name); err == nil {
+		t.Fatal("test name collides with this host's /run")
 	}
 }
