@@ -349,7 +349,7 @@ down() {
 	if [ -f "$RUN_DIR/made-root-shared" ]; then mount --make-rprivate /; fi
 	rm -rf /var/lib/kubelet "$E2E_DIR" "$RUN_DIR" /etc/cni/net.d/00-multus.conf /etc/cni/net.d/multus.d \
 		/opt/cni/bin/multus /opt/cni/bin/railnet /etc/railnet/cni.json /var/lib/cni/railnet /var/lib/cni/networks \
-		/var/lib/cni/multus /var/lib/cni/results /var/run/k8s.cni.cncf.io /var/run/cdi/railnet.io-*
+		/var/lib/cni/multus /var/lib/cni/results /var/run/k8s.cni.cncf.io /var/run/cdi/railnet.io-* /var/run/cdi/dra.railnet.io-*
 }
 
 restart_kubelet() {

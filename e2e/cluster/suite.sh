@@ -460,7 +460,7 @@ spec:
 EOF
 }
 dra_checkpoints() { host sh -c 'ls /var/lib/cni/railnet/dra 2>/dev/null' | grep -c '\.json$' || true; }
-dra_cdi_specs() { host sh -c 'ls /var/run/cdi 2>/dev/null' | grep -c '^railnet.io-claim_' || true; }
+dra_cdi_specs() { host sh -c 'ls /var/run/cdi 2>/dev/null' | grep -c '^dra\.railnet\.io-' || true; }
 dra_pod dra-a
 ready dra-a || fail "pod dra-a not Ready: $(k describe pod dra-a | tail -8)"
 claim=$(k get pod dra-a -o jsonpath='{.status.resourceClaimStatuses[0].resourceClaimName}')
@@ -492,6 +492,7 @@ until_ok 90 ds_ready || fail "DaemonSet not Ready after its pod restarted"
 until_ok 60 dra_count 4 || fail "slices after the restart: $(dra_devices)"
 sleep 6 # a reconciler pass or more: the kubelet lists the claim's device for dra-a
 k exec dra-a -- ip link show net1 >/dev/null || fail "dra-a lost net1 after the agent restart"
+[ "$(dra_checkpoints)" = 1 ] && [ "$(dra_cdi_specs)" = 1 ] || fail "after the agent restart: checkpoints $(dra_checkpoints), CDI specs $(dra_cdi_specs); want 1 and 1 (a container restart needs its CDI devices)"
 k -n railnet-system logs "$(agent_pod)" -c agent | grep '"msg":"reconciler released' | grep -q '"pod":"default/dra-a"' && fail "the reconciler released dra-a's VF"
 k delete pod dra-a --wait=true --timeout=60s >/dev/null
 vf_home() { host ip -o link show "$vfl" 2>/dev/null | grep -q "link/ether 02:e2:e0:00:0[23]:1[01] "; }

@@ -17,23 +17,27 @@ const DefaultCDIDir = "/var/run/cdi"
 // CDI spec (container-device-interface, spec 0.6.0): one kind per pool
 // ("railnet.io/rail0"), one device per advertised device, whose edits add
 // the RDMA character devices and the device's PCI address.
-type cdiSpec struct {
+// CDISpec is a CDI spec file; the DRA driver writes the same shape.
+type CDISpec struct {
 	Version string      `json:"cdiVersion"`
 	Kind    string      `json:"kind"`
-	Devices []cdiDevice `json:"devices"`
+	Devices []CDIDevice `json:"devices"`
 }
 
-type cdiDevice struct {
+// CDIDevice is one device of a spec.
+type CDIDevice struct {
 	Name  string   `json:"name"`
-	Edits cdiEdits `json:"containerEdits"`
+	Edits CDIEdits `json:"containerEdits"`
 }
 
-type cdiEdits struct {
+// CDIEdits are what a device does to a container.
+type CDIEdits struct {
 	Env         []string        `json:"env,omitempty"`
-	DeviceNodes []cdiDeviceNode `json:"deviceNodes,omitempty"`
+	DeviceNodes []CDIDeviceNode `json:"deviceNodes,omitempty"`
 }
 
-type cdiDeviceNode struct {
+// CDIDeviceNode is a device node of a container.
+type CDIDeviceNode struct {
 	Path        string `json:"path"`
 	HostPath    string `json:"hostPath,omitempty"`
 	Permissions string `json:"permissions,omitempty"`
@@ -49,15 +53,15 @@ func cdiDeviceName(id string) string { return strings.NewReplacer("#", "_", "/",
 // writeCDISpec writes the pool's CDI spec atomically (0444), only when it
 // changed: every rescan calls it, and runtimes watch the directory.
 func writeCDISpec(dir, devfsRoot string, p Pool) error {
-	spec := cdiSpec{Version: "0.6.0", Kind: p.Resource}
+	spec := CDISpec{Version: "0.6.0", Kind: p.Resource}
 	for _, d := range p.Devices {
-		cd := cdiDevice{Name: cdiDeviceName(d.ID)}
+		cd := CDIDevice{Name: cdiDeviceName(d.ID)}
 		cd.Edits.Env = []string{"RAILNET_PCI_ADDRESS_" + strings.ToUpper(strings.NewReplacer(":", "_", ".", "_").Replace(d.BDF)) + "=" + d.BDF}
 		for _, c := range d.CharDevs {
-			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, cdiDeviceNode{Path: c, HostPath: hostDevPath(devfsRoot, c), Permissions: "rw"})
+			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, CDIDeviceNode{Path: c, HostPath: hostDevPath(devfsRoot, c), Permissions: "rw"})
 		}
 		if len(d.RDMA) > 0 && p.RDMACM != "" {
-			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, cdiDeviceNode{Path: p.RDMACM, HostPath: hostDevPath(devfsRoot, p.RDMACM), Permissions: "rw"})
+			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, CDIDeviceNode{Path: p.RDMACM, HostPath: hostDevPath(devfsRoot, p.RDMACM), Permissions: "rw"})
 		}
 		spec.Devices = append(spec.Devices, cd)
 	}

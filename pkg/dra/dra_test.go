@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/dynamic-resource-allocation/deviceattribute"
 
+	"github.com/railnet/railnet/pkg/deviceplugin"
 	"github.com/railnet/railnet/pkg/discovery"
 	"github.com/railnet/railnet/pkg/dra/claims"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
@@ -297,8 +298,8 @@ func TestPrepareUnprepare(t *testing.T) {
 	if len(got) != 2 || got[0].PoolName != pool || got[0].DeviceName != DeviceName(vfs[0].ID) || !slices.Equal(got[0].CDIDeviceIDs, []string{cdiID}) || len(got[1].CDIDeviceIDs) != 0 {
 		t.Fatalf("Prepare: %+v", got)
 	}
-	var spec cdiSpec
-	b, err := os.ReadFile(filepath.Join(o.CDIDir, "railnet.io-claim_uid-1.json"))
+	var spec deviceplugin.CDISpec
+	b, err := os.ReadFile(filepath.Join(o.CDIDir, "dra.railnet.io-uid-1.json"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -351,7 +352,7 @@ func TestPrepareUnprepare(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(o.CDIDir, "railnet.io-claim_uid-1.json")); !os.IsNotExist(err) {
+	if _, err := os.Stat(filepath.Join(o.CDIDir, "dra.railnet.io-uid-1.json")); !os.IsNotExist(err) {
 		t.Fatalf("CDI spec left: %v", err)
 	}
 	if _, err := claims.Load(o.ClaimsDir, "uid-1"); !os.IsNotExist(err) {

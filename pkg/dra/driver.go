@@ -272,13 +272,13 @@ func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 		rec.Devices = append(rec.Devices, dv)
 		results = append(results, kd)
 	}
-	spec := cdiSpec{Version: "0.6.0", Kind: CDIKind}
+	spec := deviceplugin.CDISpec{Version: "0.6.0", Kind: CDIKind}
 	for _, g := range groups {
 		env, nodes, err := deviceplugin.ContainerEdits(g.resource, g.rdmaCM, d.o.DevfsRoot, g.devs)
 		if err != nil {
 			return nil, err
 		}
-		cd := cdiDevice{Name: cdiName(uid, g.request, g.resource)}
+		cd := deviceplugin.CDIDevice{Name: cdiName(uid, g.request, g.resource)}
 		for _, k := range slices.Sorted(func(yield func(string) bool) {
 			for k := range env {
 				if !yield(k) {
@@ -289,7 +289,7 @@ func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 			cd.Edits.Env = append(cd.Edits.Env, k+"="+env[k])
 		}
 		for _, n := range nodes {
-			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, cdiDeviceNode{Path: n.ContainerPath, HostPath: n.HostPath, Permissions: "rw"})
+			cd.Edits.DeviceNodes = append(cd.Edits.DeviceNodes, deviceplugin.CDIDeviceNode{Path: n.ContainerPath, HostPath: n.HostPath, Permissions: "rw"})
 		}
 		spec.Devices = append(spec.Devices, cd)
 	}
@@ -356,31 +356,12 @@ func (d *Driver) WatchHealthStatus(context.Context, chan<- kubeletplugin.DeviceH
 	return kubeletplugin.ErrHealthNotSupported
 }
 
-// CDI spec 0.6.0, as the device plugin writes it.
-type cdiSpec struct {
-	Version string      `json:"cdiVersion"`
-	Kind    string      `json:"kind"`
-	Devices []cdiDevice `json:"devices"`
-}
-
-type cdiDevice struct {
-	Name  string `json:"name"`
-	Edits struct {
-		Env         []string        `json:"env,omitempty"`
-		DeviceNodes []cdiDeviceNode `json:"deviceNodes,omitempty"`
-	} `json:"containerEdits"`
-}
-
-type cdiDeviceNode struct {
-	Path        string `json:"path"`
-	HostPath    string `json:"hostPath,omitempty"`
-	Permissions string `json:"permissions,omitempty"`
-}
-
 // cdiSpecPath: one file per claim; its device names start with the claim
-// UID, so a runtime's cache never confuses two claims.
+// UID, so a runtime's cache never confuses two claims. The name is not the
+// device plugin's <domain>-<pool>.json: its start-up sweep of files no
+// pool owns must not take a running claim's spec.
 func cdiSpecPath(dir, uid string) string {
-	return filepath.Join(dir, strings.ReplaceAll(CDIKind, "/", "-")+"_"+uid+".json")
+	return filepath.Join(dir, "dra."+DriverName+"-"+uid+".json")
 }
 
 func cdiName(uid, request, resource string) string {
