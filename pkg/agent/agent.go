@@ -134,7 +134,7 @@ func (a *Agent) Config() *pools.Config {
 // resolve scans and selects devices into the config's pools.
 func (a *Agent) resolve(cfg *pools.Config) (*resolution, error) {
 	start := time.Now()
-	inv, err := discovery.NewScanner(a.o.Sys, a.o.Dev).Scan()
+	inv, err := discovery.NewScanner(a.o.Sys, a.o.Dev).Lean().Scan()
 	if err != nil {
 		return nil, err
 	}

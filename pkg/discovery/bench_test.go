@@ -16,13 +16,16 @@ func BenchmarkScanVFScale(b *testing.B) {
 		name string
 		opts []sysfs.Option
 	}{{"openat2", nil}, {"walk", []sysfs.Option{sysfs.WithoutOpenat2()}}} {
-		b.Run(mode.name, func(b *testing.B) { scanBench(b, "vf-scale", 1024, mode.opts) })
+		b.Run(mode.name, func(b *testing.B) { scanBench(b, "vf-scale", 1024, false, mode.opts) })
 	}
+	// The daemon's scan: what pools use of each VF (railnetctl scans in full).
+	b.Run("openat2-lean", func(b *testing.B) { scanBench(b, "vf-scale", 1024, true, nil) })
 	// 8 PFs x 512 VFs.
-	b.Run("4096-VFs", func(b *testing.B) { scanBench(b, "vf-scale-4096", 4104, nil) })
+	b.Run("4096-VFs", func(b *testing.B) { scanBench(b, "vf-scale-4096", 4104, false, nil) })
+	b.Run("4096-VFs-lean", func(b *testing.B) { scanBench(b, "vf-scale-4096", 4104, true, nil) })
 }
 
-func scanBench(b *testing.B, fixture string, nics int, opts []sysfs.Option) {
+func scanBench(b *testing.B, fixture string, nics int, lean bool, opts []sysfs.Option) {
 	_, tree := fakesystest.Build(b, fixture)
 	sys, err := sysfs.New(tree.Sys, opts...)
 	if err != nil {
@@ -35,6 +38,9 @@ func scanBench(b *testing.B, fixture string, nics int, opts []sysfs.Option) {
 	}
 	defer dev.Close()
 	s := discovery.NewScanner(sys, dev)
+	if lean {
+		s = s.Lean()
+	}
 	b.ReportAllocs()
 	b.ResetTimer()
 	for b.Loop() {

@@ -140,6 +140,30 @@ func (s *Scanner) readRDMA(r *RDMADevice, parent *sysfs.Dir, parentReal, sub str
 	slices.SortFunc(r.Ports, func(a, b RDMAPort) int { return a.Port - b.Port })
 }
 
+// readRDMALean reads what a lean scan keeps of a VF's RDMA device: its
+// ports and their link layers.
+func (s *Scanner) readRDMALean(r *RDMADevice, parent *sysfs.Dir, parentReal, sub string, w *warnings) {
+	ports, err := parent.ReadNames(sub + "/ports")
+	if err != nil {
+		w.add(s.full(path.Join(parentReal, sub, "ports")), err)
+		r.Partial = true
+		return
+	}
+	for _, p := range ports {
+		num, err := strconv.Atoi(p)
+		if err != nil {
+			continue
+		}
+		ll, err := parent.ReadString(sub + "/ports/" + p + "/link_layer")
+		if err != nil {
+			w.add(s.full(path.Join(parentReal, sub, "ports", p, "link_layer")), err)
+			r.Partial = true
+		}
+		r.Ports = append(r.Ports, RDMAPort{Port: num, LinkLayer: ll})
+	}
+	slices.SortFunc(r.Ports, func(a, b RDMAPort) int { return a.Port - b.Port })
+}
+
 // stateWord turns "4: ACTIVE" into "ACTIVE".
 func stateWord(v string) string {
 	if _, after, ok := strings.Cut(v, ": "); ok {

@@ -366,3 +366,77 @@ func TestPrepareUnprepare(t *testing.T) {
 		t.Fatalf("Find: %v %v", m, err)
 	}
 }
+
+// The daemon scans lean (a VF's netdev name, RDMA names, character devices
+// and port link layers only): on every fixture it must select the same
+// pools, with the same devices, health and attributes, as a full scan.
+func TestLeanScanSelectsTheSame(t *testing.T) {
+	for _, fx := range fakesystest.Fixtures(t) {
+		t.Run(fx, func(t *testing.T) {
+			_, tree := fakesystest.Build(t, fx)
+			scanWith := func(lean bool) scanned {
+				sys, err := sysfs.New(tree.Sys)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer sys.Close()
+				dev, err := sysfs.New(tree.Dev)
+				if err != nil {
+					t.Fatal(err)
+				}
+				defer dev.Close()
+				sc := discovery.NewScanner(sys, dev)
+				if lean {
+					sc = sc.Lean()
+				}
+				inv, err := sc.Scan()
+				if err != nil {
+					t.Fatal(err)
+				}
+				return scanned{sysRoot: tree.Sys, inv: inv, topo: topology.Build(inv)}
+			}
+			full, lean := scanWith(false), scanWith(true)
+			// Every kind of pool: VFs by link type, whole HCAs shared, rails.
+			var vendors []string
+			for _, n := range full.inv.NICs {
+				if v := `"` + strings.TrimPrefix(n.Vendor, "0x") + `"`; n.Vendor != "" && !slices.Contains(vendors, v) {
+					vendors = append(vendors, v)
+				}
+			}
+			configs := []string{`{"railPools":true}`, fmt.Sprintf(`{"pools":[{"name":"eth","api":"dra","selectors":{"vendors":[%s],"linkTypes":["ether"]}},`+
+				`{"name":"ib","api":"dra","selectors":{"vendors":[%[1]s],"linkTypes":["infiniband"]}},`+
+				`{"name":"hcas","kind":"rdma","shared":2,"api":"dra","selectors":{"isRdma":true}}]}`, strings.Join(vendors, ","))}
+			var a []pools.Resolved
+			for _, raw := range configs {
+				c, err := pools.Parse([]byte(raw))
+				if err != nil {
+					t.Fatal(err)
+				}
+				pa, _, errA := pools.Resolve(c, full.inv, full.topo)
+				pb, _, errB := pools.Resolve(c, lean.inv, lean.topo)
+				if fmt.Sprint(errA) != fmt.Sprint(errB) {
+					t.Fatalf("%s: full %v, lean %v", raw, errA, errB)
+				}
+				if fmt.Sprintf("%+v", pa) != fmt.Sprintf("%+v", pb) {
+					t.Fatalf("%s: pools differ:\nfull %+v\nlean %+v", raw, pa, pb)
+				}
+				d := New(Options{NodeName: "n"})
+				ra, _ := d.Resources(pa, full.inv, full.topo)
+				rb, _ := d.Resources(pb, lean.inv, lean.topo)
+				ja, _ := json.Marshal(ra)
+				jb, _ := json.Marshal(rb)
+				if string(ja) != string(jb) {
+					t.Fatalf("%s: slices differ:\nfull %s\nlean %s", raw, ja, jb)
+				}
+				a = append(a, pa...)
+			}
+			n := 0
+			for _, p := range a {
+				n += len(p.Devices)
+			}
+			if n == 0 {
+				t.Fatal("no devices selected: the comparison says nothing")
+			}
+		})
+	}
+}
