@@ -105,10 +105,29 @@ func IsBDF(s string) bool {
 // CompareBDFStrings orders two address strings by PCI order, falling back to
 // string order for anything unparsable, so sorting never fails.
 func CompareBDFStrings(a, b string) int {
+	// The kernel's own form, dddd:bb:dd.f in lower-case hex, sorts as
+	// text: no parsing (sorting 2,000 functions parsed each name ~20 times).
+	if canonicalBDF(a) && canonicalBDF(b) {
+		return strings.Compare(a, b)
+	}
 	x, errA := ParseBDF(a)
 	y, errB := ParseBDF(b)
 	if errA != nil || errB != nil {
 		return strings.Compare(a, b)
 	}
 	return x.Compare(y)
+}
+
+// canonicalBDF: "dddd:bb:dd.f", lower-case hex, device ≤ 0x1f, function ≤ 7;
+// such strings order by text exactly as by (domain, bus, device, function).
+func canonicalBDF(s string) bool {
+	if len(s) != 12 || s[4] != ':' || s[7] != ':' || s[10] != '.' || s[11] < '0' || s[11] > '7' || s[8] > '1' {
+		return false
+	}
+	for _, i := range [...]int{0, 1, 2, 3, 5, 6, 8, 9} {
+		if c := s[i]; !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
 }

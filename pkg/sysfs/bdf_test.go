@@ -1,6 +1,11 @@
 package sysfs
 
-import "testing"
+import (
+	"fmt"
+	"math/rand/v2"
+	"strings"
+	"testing"
+)
 
 func TestParseBDF(t *testing.T) {
 	for _, tc := range []struct {
@@ -62,4 +67,39 @@ func FuzzParseBDF(f *testing.F) {
 			t.Fatalf("ParseBDF(%q) accepted device %x function %x", s, b.Device, b.Function)
 		}
 	})
+}
+
+// The text fast path orders canonical addresses exactly as parsing does,
+// and mixed or odd forms still order by PCI order or text.
+func TestCompareBDFStringsFastPath(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	var addrs []string
+	for range 3000 {
+		addrs = append(addrs, fmt.Sprintf("%04x:%02x:%02x.%d", r.IntN(3)*0x10, r.IntN(256), r.IntN(32), r.IntN(8)))
+	}
+	addrs = append(addrs, "0000:0A:00.1", "10000:00:00.0", "not-a-bdf", "0000:00:1f.7")
+	for i := range addrs {
+		for j := i; j < len(addrs) && j < i+40; j++ {
+			a, b := addrs[i], addrs[j]
+			x, errA := ParseBDF(a)
+			y, errB := ParseBDF(b)
+			want := strings.Compare(a, b)
+			if errA == nil && errB == nil {
+				want = x.Compare(y)
+			}
+			if got := CompareBDFStrings(a, b); sign(got) != sign(want) {
+				t.Fatalf("CompareBDFStrings(%s, %s) = %d, want %d", a, b, got, want)
+			}
+		}
+	}
+}
+
+func sign(n int) int {
+	switch {
+	case n < 0:
+		return -1
+	case n > 0:
+		return 1
+	}
+	return 0
 }

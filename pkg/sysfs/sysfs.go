@@ -14,6 +14,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 
 	"golang.org/x/sys/unix"
 )
@@ -197,9 +198,21 @@ func splitPath(p string) []string {
 	return strings.FieldsFunc(p, func(r rune) bool { return r == '/' })
 }
 
+// bufs are scratch buffers for getdents and readlink: a scan makes tens of
+// thousands of those calls, and a fresh 8 KiB each was a sixth of its
+// garbage.
+var bufs = sync.Pool{New: func() any { b := make([]byte, 8192); return &b }}
+
 func readlinkat(dirfd int, name string) (string, error) {
+	bp := bufs.Get().(*[]byte)
+	defer bufs.Put(bp)
 	for size := 256; ; size *= 2 {
-		buf := make([]byte, size)
+		var buf []byte
+		if size <= len(*bp) {
+			buf = (*bp)[:size]
+		} else {
+			buf = make([]byte, size)
+		}
 		n, err := unix.Readlinkat(dirfd, name, buf)
 		if err != nil {
 			return "", err
@@ -307,7 +320,9 @@ func (f *FS) ReadDirents(rel string) ([]Dirent, error) {
 // machinery (poller registration, fcntl) that costs three extra syscalls.
 func getdents(fd int) ([]Dirent, error) {
 	var out []Dirent
-	buf := make([]byte, 8192)
+	bp := bufs.Get().(*[]byte)
+	defer bufs.Put(bp)
+	buf := *bp
 	for {
 		n, err := unix.Getdents(fd, buf)
 		if err == unix.EINTR {
