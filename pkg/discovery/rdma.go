@@ -140,28 +140,29 @@ func (s *Scanner) readRDMA(r *RDMADevice, parent *sysfs.Dir, parentReal, sub str
 	slices.SortFunc(r.Ports, func(a, b RDMAPort) int { return a.Port - b.Port })
 }
 
-// readRDMALean reads what a lean scan keeps of a VF's RDMA device: its
-// ports and their link layers.
-func (s *Scanner) readRDMALean(r *RDMADevice, parent *sysfs.Dir, parentReal, sub string, w *warnings) {
-	ports, err := parent.ReadNames(sub + "/ports")
-	if err != nil {
-		w.add(s.full(path.Join(parentReal, sub, "ports")), err)
-		r.Partial = true
-		return
+// inheritPorts gives the RDMA devices of VFs a lean scan read without
+// their ports the port numbers and link layers of their PF's RDMA device:
+// a VF's port runs over its PF's link. A VF whose PF is not visible, or
+// has no RDMA device, keeps none.
+func inheritPorts(inv *Inventory) {
+	byBDF := make(map[string]*NIC, len(inv.NICs))
+	for _, n := range inv.NICs {
+		byBDF[n.BDF] = n
 	}
-	for _, p := range ports {
-		num, err := strconv.Atoi(p)
-		if err != nil {
+	for _, n := range inv.NICs {
+		if !n.leanPorts || !n.PFVisible {
 			continue
 		}
-		ll, err := parent.ReadString(sub + "/ports/" + p + "/link_layer")
-		if err != nil {
-			w.add(s.full(path.Join(parentReal, sub, "ports", p, "link_layer")), err)
-			r.Partial = true
+		pf := byBDF[n.PF]
+		if pf == nil || len(pf.rdma) == 0 {
+			continue
 		}
-		r.Ports = append(r.Ports, RDMAPort{Port: num, LinkLayer: ll})
+		for _, r := range n.rdma {
+			for _, p := range pf.rdma[0].Ports {
+				r.Ports = append(r.Ports, RDMAPort{Port: p.Port, LinkLayer: p.LinkLayer})
+			}
+		}
 	}
-	slices.SortFunc(r.Ports, func(a, b RDMAPort) int { return a.Port - b.Port })
 }
 
 // stateWord turns "4: ACTIVE" into "ACTIVE".

@@ -26,8 +26,8 @@ type Scanner struct {
 // Lean makes the scanner read of a VF (of a visible PF) only what pools,
 // the device plugin and the DRA driver use: its netdev's name (not its
 // MAC, MTU, state or type: its link type is its PF's) and its RDMA
-// devices' names, character devices and ports' link layers (not GUIDs,
-// GIDs or port states, which no VF health depends on). At 4,096 VFs that
+// devices' names and character devices (not GUIDs, GIDs or port states,
+// which no VF health depends on; its ports' link layers are its PF's). At 4,096 VFs that
 // is about half of a scan's syscalls. railnetctl shows everything: it
 // scans in full.
 func (s *Scanner) Lean() *Scanner {
@@ -135,6 +135,7 @@ func (s *Scanner) Scan() (*Inventory, error) {
 		}
 	}
 	s.linkVFs(inv, w)
+	inheritPorts(inv)
 	s.scanRDMA(inv, w)
 	for i, g := range inv.GPUs {
 		g.Index = i
@@ -417,7 +418,7 @@ func (s *Scanner) readNIC(d *PCIDevice, dir *sysfs.Dir, have map[string]bool, w 
 		for _, name := range names {
 			r := &RDMADevice{Name: name, PCI: n.BDF}
 			if lean {
-				s.readRDMALean(r, dir, real, "infiniband/"+name, w)
+				n.leanPorts = true
 			} else {
 				s.readRDMA(r, dir, real, "infiniband/"+name, w)
 			}

@@ -54,6 +54,9 @@ type NIC struct {
 	RDMA      []string `json:"rdma,omitempty"` // names of the RDMA devices on this function
 
 	rdma []*RDMADevice // read with the function; collected by scanRDMA
+	// leanPorts: a lean scan did not read this VF's RDMA ports; they are
+	// its PF's (inheritPorts).
+	leanPorts bool
 }
 
 // SRIOV is a PF's SR-IOV state.
