@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -28,6 +29,10 @@ import (
 	"github.com/railnet/railnet/pkg/pools"
 	"github.com/railnet/railnet/pkg/topology"
 )
+
+// apiTimeout bounds one API call of the driver's own (Prepare waits on
+// some; an unreachable apiserver must not hold the kubelet for ever).
+const apiTimeout = 10 * time.Second
 
 // PodClaimNameAnnotation is set by the resource claim controller on a
 // claim made from a pod's template: the pod's own name for it.
@@ -389,6 +394,8 @@ func (d *Driver) Collect(ctx context.Context) {
 
 // claimExists: true unless the API says the claim, with this UID, is gone.
 func (d *Driver) claimExists(ctx context.Context, c *claims.Claim) bool {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
 	got, err := d.o.Client.ResourceV1().ResourceClaims(c.Namespace).Get(ctx, c.Name, metav1.GetOptions{})
 	switch {
 	case apierrors.IsNotFound(err):

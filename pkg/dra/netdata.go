@@ -72,6 +72,8 @@ func (n *NetworkData) write(ctx context.Context, ref *state.ClaimRef, want resou
 	if cl == nil {
 		return fmt.Errorf("no Kubernetes client")
 	}
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
 	c, err := cl.ResourceV1().ResourceClaims(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
 	if err != nil {
 		return err
