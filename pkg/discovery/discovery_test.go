@@ -18,21 +18,7 @@ import (
 
 func scanTree(tb testing.TB, tree fakesys.Tree) *discovery.Inventory {
 	tb.Helper()
-	sys, err := sysfs.New(tree.Sys)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer sys.Close()
-	dev, err := sysfs.New(tree.Dev)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer dev.Close()
-	inv, err := discovery.NewScanner(sys, dev).Scan()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return inv
+	return fakesystest.Scan(tb, tree, false)
 }
 
 func TestFixtureInventories(t *testing.T) {

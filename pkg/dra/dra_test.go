@@ -20,7 +20,6 @@ import (
 	"github.com/railnet/railnet/pkg/dra/claims"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 	"github.com/railnet/railnet/pkg/pools"
-	"github.com/railnet/railnet/pkg/sysfs"
 	"github.com/railnet/railnet/pkg/topology"
 )
 
@@ -34,20 +33,7 @@ type scanned struct {
 func scan(t *testing.T, fixture string) scanned {
 	t.Helper()
 	m, tree := fakesystest.Build(t, fixture)
-	sys, err := sysfs.New(tree.Sys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sys.Close()
-	dev, err := sysfs.New(tree.Dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	inv, err := discovery.NewScanner(sys, dev).Scan()
-	if err != nil {
-		t.Fatal(err)
-	}
+	inv := fakesystest.Scan(t, tree, false)
 	return scanned{sysRoot: tree.Sys, inv: inv, topo: topology.Build(inv), want: m.Expected.GPUNic}
 }
 
@@ -375,24 +361,7 @@ func TestLeanScanSelectsTheSame(t *testing.T) {
 		t.Run(fx, func(t *testing.T) {
 			_, tree := fakesystest.Build(t, fx)
 			scanWith := func(lean bool) scanned {
-				sys, err := sysfs.New(tree.Sys)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer sys.Close()
-				dev, err := sysfs.New(tree.Dev)
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer dev.Close()
-				sc := discovery.NewScanner(sys, dev)
-				if lean {
-					sc = sc.Lean()
-				}
-				inv, err := sc.Scan()
-				if err != nil {
-					t.Fatal(err)
-				}
+				inv := fakesystest.Scan(t, tree, lean)
 				return scanned{sysRoot: tree.Sys, inv: inv, topo: topology.Build(inv)}
 			}
 			full, lean := scanWith(false), scanWith(true)

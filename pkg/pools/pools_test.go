@@ -8,27 +8,13 @@ import (
 	"github.com/railnet/railnet/pkg/discovery"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 	"github.com/railnet/railnet/pkg/pools"
-	"github.com/railnet/railnet/pkg/sysfs"
 	"github.com/railnet/railnet/pkg/topology"
 )
 
 func scan(t *testing.T, fixture string) (*discovery.Inventory, *topology.Topology) {
 	t.Helper()
 	_, tree := fakesystest.Build(t, fixture)
-	sys, err := sysfs.New(tree.Sys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sys.Close()
-	dev, err := sysfs.New(tree.Dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	inv, err := discovery.NewScanner(sys, dev).Scan()
-	if err != nil {
-		t.Fatal(err)
-	}
+	inv := fakesystest.Scan(t, tree, false)
 	return inv, topology.Build(inv)
 }
 

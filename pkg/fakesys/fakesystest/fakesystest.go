@@ -7,7 +7,9 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/railnet/railnet/pkg/discovery"
 	"github.com/railnet/railnet/pkg/fakesys"
+	"github.com/railnet/railnet/pkg/sysfs"
 )
 
 // FixtureDir is the repository's testdata/fixtures directory.
@@ -89,4 +91,29 @@ func OneNIC(tb testing.TB, nic fakesys.Node) fakesys.Tree {
 		tb.Fatal(err)
 	}
 	return tree
+}
+
+// Scan reads a materialized tree's inventory, in full or lean (the
+// daemon's scan).
+func Scan(tb testing.TB, tree fakesys.Tree, lean bool) *discovery.Inventory {
+	tb.Helper()
+	sys, err := sysfs.New(tree.Sys)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer sys.Close()
+	dev, err := sysfs.New(tree.Dev)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer dev.Close()
+	s := discovery.NewScanner(sys, dev)
+	if lean {
+		s = s.Lean()
+	}
+	inv, err := s.Scan()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return inv
 }
