@@ -20,7 +20,11 @@ import (
 )
 
 // scan opens both roots and reads the inventory.
-func scan(r *roots) (*discovery.Inventory, error) {
+func scan(r *roots) (*discovery.Inventory, error) { return scanLean(r, false) }
+
+// scanLean reads the inventory, leanly when lean: what --summary shows (no
+// VF rows) is the same either way, and a lean scan is half the syscalls.
+func scanLean(r *roots, lean bool) (*discovery.Inventory, error) {
 	sys, err := sysfs.New(r.sys)
 	if err != nil {
 		return nil, fmt.Errorf("--sysfs-root: %w", err)
@@ -31,7 +35,11 @@ func scan(r *roots) (*discovery.Inventory, error) {
 		return nil, fmt.Errorf("--devfs-root: %w", err)
 	}
 	defer dev.Close()
-	return discovery.NewScanner(sys, dev).Scan()
+	sc := discovery.NewScanner(sys, dev)
+	if lean {
+		sc = sc.Lean()
+	}
+	return sc.Scan()
 }
 
 func formatFlag(fs *flag.FlagSet, allowed ...string) *string {
@@ -110,7 +118,7 @@ func cmdInventory(r *roots, args []string, out io.Writer) error {
 	if err := checkFormat(*format, "table", "json"); err != nil {
 		return err
 	}
-	inv, err := scan(r)
+	inv, err := scanLean(r, *summary && *format == "table")
 	if err != nil {
 		return err
 	}

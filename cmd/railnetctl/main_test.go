@@ -150,6 +150,25 @@ func TestInventory(t *testing.T) {
 	}
 }
 
+// --summary scans lean (a VF's netdev name, RDMA names and character
+// devices only): it prints exactly what a full scan's summary would.
+func TestInventorySummaryLeanIsFull(t *testing.T) {
+	for _, fx := range []string{"dgx-h100-like", "mixed-ib-eth-gpu-noswitch", "single-nic-ethernet"} {
+		sys, dev := fixtureTree(t, fx)
+		r := &roots{sys: sys, dev: dev}
+		inv, err := scanLean(r, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var full bytes.Buffer
+		writeInventoryTable(&full, inv, r, true)
+		got := mustRun(t, "inventory", "--summary", "--sysfs-root", sys, "--devfs-root", dev, "--state-dir", filepath.Join(t.TempDir(), "none"))
+		if !strings.HasPrefix(got, full.String()) {
+			t.Fatalf("%s: --summary differs from a full scan's:\n%s", fx, firstDiff(got, full.String()))
+		}
+	}
+}
+
 // inventory shows what the CNI's records say is in use: each shared HCA
 // with its slots, every attachment with its pod.
 func TestInventoryAttachments(t *testing.T) {

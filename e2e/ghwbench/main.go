@@ -66,7 +66,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "pcidb (install pci.ids):", err)
 		os.Exit(1)
 	}
-	railnet := func() (string, error) {
+	scan := func(lean bool) (string, error) {
 		sys, err := sysfs.New(tree.Sys)
 		if err != nil {
 			return "", err
@@ -77,7 +77,11 @@ func main() {
 			return "", err
 		}
 		defer dev.Close()
-		inv, err := discovery.NewScanner(sys, dev).Scan()
+		sc := discovery.NewScanner(sys, dev)
+		if lean {
+			sc = sc.Lean() // the daemon's scan, and railnetctl inventory --summary's
+		}
+		inv, err := sc.Scan()
 		if err != nil {
 			return "", err
 		}
@@ -94,9 +98,14 @@ func main() {
 		}
 		return fmt.Sprintf("%d PCI functions, %d NICs", len(p.Devices), len(nw.NICs)), nil
 	}
-	rw, rc, rf, err := measure(*n, railnet)
+	rw, rc, rf, err := measure(*n, func() (string, error) { return scan(false) })
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "railnet:", err)
+		os.Exit(1)
+	}
+	lw, lc, lf, err := measure(*n, func() (string, error) { return scan(true) })
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "railnet lean:", err)
 		os.Exit(1)
 	}
 	gw, gc, gf, err := measure(*n, ghwRun)
@@ -107,5 +116,7 @@ func main() {
 	fmt.Printf("%s, %d runs each\n", m.Name, *n)
 	fmt.Printf("railnet discovery  wall %8v  cpu %8v  %s\n", rw.Round(time.Microsecond), rc.Round(time.Microsecond), rf)
 	fmt.Printf("ghw PCI+Network    wall %8v  cpu %8v  %s\n", gw.Round(time.Microsecond), gc.Round(time.Microsecond), gf)
-	fmt.Printf("ratio              wall %.2fx    cpu %.2fx\n", float64(rw)/float64(gw), float64(rc)/float64(gc))
+	fmt.Printf("railnet lean       wall %8v  cpu %8v  %s\n", lw.Round(time.Microsecond), lc.Round(time.Microsecond), lf)
+	fmt.Printf("ratio full         wall %.2fx    cpu %.2fx\n", float64(rw)/float64(gw), float64(rc)/float64(gc))
+	fmt.Printf("ratio lean         wall %.2fx    cpu %.2fx   (the daemon; railnetctl inventory --summary)\n", float64(lw)/float64(gw), float64(lc)/float64(gc))
 }
