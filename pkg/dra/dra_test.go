@@ -351,6 +351,13 @@ func TestPrepareUnprepare(t *testing.T) {
 	if err != nil || m.Device.ID != vfs[1].ID {
 		t.Fatalf("Find: %v %v", m, err)
 	}
+	// One claim given one device twice: refused, nothing written.
+	if _, err := d2.Prepare(allocated("uid-4", "dup", nil, result("a", pool, DeviceName(vfs[0].ID)), result("b", pool, DeviceName(vfs[0].ID)))); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Fatalf("a device twice in one claim: %v", err)
+	}
+	if _, err := claims.Load(o.ClaimsDir, "uid-4"); !os.IsNotExist(err) {
+		t.Fatalf("a refused claim was checkpointed: %v", err)
+	}
 }
 
 // The daemon scans lean (a VF's netdev name, RDMA names, character devices

@@ -247,7 +247,9 @@ func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 		if !ok {
 			return nil, fmt.Errorf("claim %s/%s: device %s of pool %s is not one of this node's railnet.io devices", c.Namespace, c.Name, r.Device, r.Pool)
 		}
-		if other, busy := held[e.dev.ID]; busy && d.stillHeld(other) {
+		if other := held[e.dev.ID]; other == rec {
+			return nil, fmt.Errorf("claim %s/%s: device %s is allocated to it twice", c.Namespace, c.Name, r.Device)
+		} else if other != nil && d.stillHeld(other) {
 			return nil, fmt.Errorf("claim %s/%s: device %s (%s) is prepared for claim %s/%s", c.Namespace, c.Name, r.Device, e.dev.ID, other.Namespace, other.Name)
 		}
 		held[e.dev.ID] = rec
@@ -319,9 +321,6 @@ func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 // stillHeld: a claim checkpointed as holding a device still exists; one
 // the API no longer has is unprepared on the spot (Collect would later).
 func (d *Driver) stillHeld(c *claims.Claim) bool {
-	if c == nil || c.UID == "" {
-		return true // this claim itself, listing a device twice
-	}
 	if d.o.Client == nil || d.claimExists(context.Background(), c) {
 		return true
 	}
