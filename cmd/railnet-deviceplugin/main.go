@@ -104,7 +104,7 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.auditFile, "audit-file", audit.DefaultFile, "the audit log as the host sees it (CNI node settings, key rotation)")
 	fs.DurationVar(&f.keysInterval, "keys-interval", time.Minute, "rotate encrypted attachments' keys at least this often (also on key changes and at each sendAfter); 0 disables")
 	fs.Int64Var(&f.memoryLimit, "memory-limit", 24<<20, "the Go runtime's soft memory limit in bytes (the garbage collector works harder near it; not a cap): a start-up scan of thousands of VFs leaves much garbage, and the node's memory is the workloads'; 0: none. $GOMEMLIMIT wins")
-	fs.StringVar(&f.dra, "dra", "auto", "the DRA driver railnet.io for pools with api: dra: auto (on when the config has such a pool), on or off; it needs API access (in-cluster, or --kubeconfig)")
+	fs.StringVar(&f.dra, "dra", "auto", "the DRA driver railnet.io for pools with api: dra: auto (started when the config has such a pool; if it cannot start, the device plugin's pools still serve), on (it must start) or off; it needs API access (in-cluster, or --kubeconfig)")
 	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (the DRA driver's ResourceSlices); default $NODE_NAME")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for the DRA driver; empty: in-cluster (the pod's ServiceAccount)")
 	fs.StringVar(&f.draRegistrarDir, "dra-registrar-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory")
@@ -211,13 +211,19 @@ func serve(ctx context.Context, f *flags, log *slog.Logger, reload <-chan struct
 	}
 	if draWanted(f.dra, a.Config()) {
 		drv, err := startDRA(ctx, f, log)
-		if err != nil {
+		switch {
+		case err != nil && f.dra == "on":
 			return err
+		case err != nil:
+			// auto: the device plugin's pools still serve; the dra pools
+			// wait for a restart with API access.
+			log.Error("the DRA driver did not start: pools with api: dra are not served", "err", err)
+		default:
+			defer drv.Stop()
+			a.SetDRA(drv)
+			nd := &dra.NetworkData{Driver: drv, StateDir: f.cniStateDir}
+			go nd.Run(ctx, f.draNetworkData)
 		}
-		defer drv.Stop()
-		a.SetDRA(drv)
-		nd := &dra.NetworkData{Driver: drv, StateDir: f.cniStateDir}
-		go nd.Run(ctx, f.draNetworkData)
 	}
 	if f.metricsAddr != "" {
 		lis, err := net.Listen("tcp", f.metricsAddr)

@@ -175,7 +175,7 @@ func (a *Agent) serve(r *resolution) error {
 	if dra != nil {
 		dra.Publish(r.dra, r.inv, r.topo)
 	} else if len(r.dra) > 0 && !a.draWarned.Swap(true) {
-		a.log.Warn("pools with api: dra are served by the DRA driver, which is off (--dra=false or no API access): nobody offers their devices", "pools", len(r.dra))
+		a.log.Warn("pools with api: dra are served by the DRA driver, which is off (--dra=off, or it could not start): nobody offers their devices", "pools", len(r.dra))
 	}
 	a.doctor(r)
 	return err
