@@ -139,6 +139,7 @@ type capture struct {
 	halt   bool
 	mu     sync.Mutex
 	frames [][]byte
+	at     []time.Time // when each frame was read
 	done   chan struct{}
 }
 
@@ -186,6 +187,7 @@ func startCaptureOn(t *testing.T, pod, ifName string) *capture {
 			}
 			c.mu.Lock()
 			c.frames = append(c.frames, append([]byte(nil), buf[:n]...))
+			c.at = append(c.at, time.Now())
 			c.mu.Unlock()
 		}
 	}()
