@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -286,13 +287,7 @@ func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 			return nil, err
 		}
 		cd := deviceplugin.CDIDevice{Name: cdiName(uid, g.request, g.resource)}
-		for _, k := range slices.Sorted(func(yield func(string) bool) {
-			for k := range env {
-				if !yield(k) {
-					return
-				}
-			}
-		}) {
+		for _, k := range slices.Sorted(maps.Keys(env)) {
 			cd.Edits.Env = append(cd.Edits.Env, k+"="+env[k])
 		}
 		for _, n := range nodes {
