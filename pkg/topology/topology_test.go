@@ -7,28 +7,13 @@ import (
 
 	"github.com/railnet/railnet/pkg/discovery"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
-	"github.com/railnet/railnet/pkg/sysfs"
 	"github.com/railnet/railnet/pkg/topology"
 )
 
 func scan(tb testing.TB, name string) (*discovery.Inventory, map[string]map[string]string) {
 	tb.Helper()
 	m, tree := fakesystest.Build(tb, name)
-	sys, err := sysfs.New(tree.Sys)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { sys.Close() })
-	dev, err := sysfs.New(tree.Dev)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { dev.Close() })
-	inv, err := discovery.NewScanner(sys, dev).Scan()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return inv, m.Expected.GPUNic
+	return fakesystest.Scan(tb, tree, false), m.Expected.GPUNic
 }
 
 // TestFixtureMatrices reproduces expected.gpuNic of every fixture exactly.
