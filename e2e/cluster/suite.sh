@@ -50,11 +50,13 @@ all_vfs_home() { [ "$(vfs_in_host)" = 4 ]; }
 leases() { host sh -c 'ls /var/lib/cni/networks/e2e-vf 2>/dev/null' | grep -c '^10\.77\.0\.' || true; }
 records() { host sh -c 'ls /var/lib/cni/railnet/records 2>/dev/null' | grep -c json || true; }
 
-# test_pod NAME RESOURCE [NETWORKS]: a pod that asks one device of
-# railnet.io/RESOURCE, attached to NETWORKS (NADs) through Multus.
-test_pod() {
-	local ann=""
-	[ -z "${3:-}" ] || ann="annotations: {k8s.v1.cni.cncf.io/networks: $3}"
+# pod NAME NETWORKS RESOURCES [CLAIMS]: the suite's test pod, attached to
+# NETWORKS (NADs, or "") through Multus, its container's resources
+# RESOURCES, the pod's resourceClaims CLAIMS (or none).
+pod() {
+	local ann="" claims=""
+	[ -z "$2" ] || ann="annotations: {k8s.v1.cni.cncf.io/networks: $2}"
+	[ -z "${4:-}" ] || claims="resourceClaims: $4"
 	k apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Pod
@@ -65,13 +67,17 @@ metadata:
   $ann
 spec:
   terminationGracePeriodSeconds: 1
+  $claims
   containers:
   - name: c
     image: localhost/railnet-e2e/testpod:1
     imagePullPolicy: Never
-    resources: {limits: {railnet.io/$2: 1}}
+    resources: $3
 EOF
 }
+# test_pod NAME RESOURCE [NETWORKS]: a pod that asks one device of
+# railnet.io/RESOURCE, attached to NETWORKS (NADs) through Multus.
+test_pod() { pod "$1" "${3:-}" "{limits: {railnet.io/$2: 1}}"; }
 vf_pod() { test_pod "$1" e2e-vf e2e-vf; }
 
 can() { # can yes|no VERB RESOURCE NAMESPACE AS...
@@ -390,19 +396,8 @@ spec:
       exactly: {deviceClassName: e2e-dra.railnet.io}
     constraints:
     - {requests: [gpu, nic], matchAttribute: resource.kubernetes.io/pcieRoot}
----
-apiVersion: v1
-kind: Pod
-metadata: {name: aligned-$1, namespace: $NS, labels: {railnet-e2e: "1"}}
-spec:
-  terminationGracePeriodSeconds: 1
-  resourceClaims: [{name: pair, resourceClaimName: aligned-$1}]
-  containers:
-  - name: c
-    image: localhost/railnet-e2e/testpod:1
-    imagePullPolicy: Never
-    resources: {claims: [{name: pair}]}
 EOF
+	pod "aligned-$1" "" "{claims: [{name: pair}]}" "[{name: pair, resourceClaimName: aligned-$1}]"
 }
 allocated_nic() { k get resourceclaim "aligned-$1" -o jsonpath='{.status.allocation.devices.results[?(@.driver=="railnet.io")].device}'; }
 has_allocation() { [ -n "$(allocated_nic "$1")" ]; }
@@ -440,25 +435,7 @@ spec:
       - name: nic
         exactly: {deviceClassName: e2e-dra.railnet.io}
 EOF
-dra_pod() {
-	k apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Pod
-metadata:
-  name: $1
-  namespace: $NS
-  labels: {railnet-e2e: "1"}
-  annotations: {k8s.v1.cni.cncf.io/networks: e2e-dra}
-spec:
-  terminationGracePeriodSeconds: 1
-  resourceClaims: [{name: nic, resourceClaimTemplateName: e2e-nic}]
-  containers:
-  - name: c
-    image: localhost/railnet-e2e/testpod:1
-    imagePullPolicy: Never
-    resources: {claims: [{name: nic}]}
-EOF
-}
+dra_pod() { pod "$1" e2e-dra "{claims: [{name: nic}]}" "[{name: nic, resourceClaimTemplateName: e2e-nic}]"; }
 dra_checkpoints() { host sh -c 'ls /var/lib/cni/railnet/dra 2>/dev/null' | grep -c '\.json$' || true; }
 dra_cdi_specs() { host sh -c 'ls /var/run/cdi 2>/dev/null' | grep -c '^dra\.railnet\.io-' || true; }
 dra_pod dra-a
