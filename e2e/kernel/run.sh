@@ -5,6 +5,11 @@
 #
 #   e2e/kernel/run.sh            build (cached) and boot once per RDMA netns mode
 #
+# While working on one thing (CI sets none of these):
+#   RAILNET_KERNEL_MODES=shared  boot only these modes
+#   RAILNET_KERNEL_RUN=REGEX     the tests to run (-test.run; '^$' for none)
+#   RAILNET_KERNEL_BENCH=REGEX   the benchmarks of the shared-mode boot
+#
 # Cache: $RAILNET_KERNEL_CACHE (default .cache/kernel in the repository).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -103,6 +108,8 @@ CGO_ENABLED=0 go build -o "$ir/opt/cni/bin/railnet" ./cmd/railnet
 
 # railnet's kernel-tier tests, static.
 CGO_ENABLED=0 go test -c -tags kerneltest -o "$ir/railnet-kernel.test" ./e2e/kernel/
+traffic="CNI_PATH=/opt/cni/bin /railnet-kernel.test -test.run '^\$' -test.bench PodTraffic -test.benchtime 1s -test.timeout 120s || rc=1"
+[ -z "${RAILNET_KERNEL_BENCH:-}" ] || traffic=""
 cat > "$ir/init" <<EOF
 #!/bin/sh
 mount -t proc proc /proc
@@ -116,12 +123,12 @@ for m in ${modules[*]}; do /sbin/modprobe \$m || echo "modprobe \$m failed"; don
 /sbin/ip link set lo up
 echo "RAILNET-KERNEL-BOOT rdma-netns-mode=\$(/sbin/rdma system show 2>&1 | tr '\n' ' ')"
 cd /tmp
-CNI_PATH=/opt/cni/bin RAILNET_KERNEL_MODE=\$(cat /proc/cmdline | grep -o 'railnet.mode=[a-z]*' | cut -d= -f2) /railnet-kernel.test -test.v -test.timeout 120s
+CNI_PATH=/opt/cni/bin RAILNET_KERNEL_MODE=\$(cat /proc/cmdline | grep -o 'railnet.mode=[a-z]*' | cut -d= -f2) /railnet-kernel.test -test.v -test.timeout 120s -test.run '${RAILNET_KERNEL_RUN:-.}'
 rc=\$?
 # Benchmarks that need this kernel (ESP): once, in the shared-mode boot.
 if grep -q railnet.mode=shared /proc/cmdline; then
-  CNI_PATH=/opt/cni/bin /railnet-kernel.test -test.run '^\$' -test.bench EncryptedAdd -test.benchtime 3x -test.timeout 120s || rc=1
-  CNI_PATH=/opt/cni/bin /railnet-kernel.test -test.run '^\$' -test.bench PodTraffic -test.benchtime 1s -test.timeout 120s || rc=1
+  CNI_PATH=/opt/cni/bin /railnet-kernel.test -test.run '^\$' -test.bench '${RAILNET_KERNEL_BENCH:-EncryptedAdd|IPsecSync}' -test.benchtime 5x -test.timeout 120s || rc=1
+  $traffic
 fi
 echo "RAILNET-KERNEL-RESULT rc=\$rc"
 poweroff -f
@@ -130,7 +137,7 @@ chmod +x "$ir/init"
 (cd "$ir" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initramfs.gz"
 
 status=0
-for mode in shared exclusive; do
+for mode in ${RAILNET_KERNEL_MODES:-shared exclusive}; do
   append="console=ttyS0 panic=-1 quiet railnet.mode=$mode"
   [ "$mode" = exclusive ] && append="$append ib_core.netns_mode=0"
   echo "== kernel tier: $kver, RDMA netns mode $mode"

@@ -112,9 +112,11 @@ func (p *Plugin) Add(args *skel.CmdArgs) (err error) {
 		}
 	}()
 	for _, s := range steps {
+		t0 := time.Now()
 		if err := s.do(a); err != nil {
 			return err
 		}
+		log.Debug("step done", "step", s.name, "took", time.Since(t0))
 	}
 	a.rec.Net = netData(a.result, args.IfName)
 	if err := a.save(state.PhaseDone); err != nil {

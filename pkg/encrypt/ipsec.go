@@ -112,11 +112,12 @@ func epochFloor(now time.Time) uint64 { return uint64(now.UnixMicro()) &^ 0xffff
 
 // desired lists the SAs the keys ask for at now.
 func (c IPsec) desired(set *keys.Set, now time.Time, offload int) (map[saKey]sa, keys.Key, bool) {
-	want := map[saKey]sa{}
 	sender, ok := set.Sender(now)
 	li := Index(c.Subnet, c.Local)
 	start := keys.StartSequence(now)
-	for _, p := range Peers(c.Subnet, c.Local) {
+	peers := Peers(c.Subnet, c.Local)
+	want := make(map[saKey]sa, len(peers)*(len(set.Keys)+1))
+	for _, p := range peers {
 		pi := Index(c.Subnet, p)
 		for _, k := range set.Keys {
 			// The receiver's window starts at the current epoch: the high
@@ -141,20 +142,42 @@ func keyByID(set *keys.Set, id uint8) (keys.Key, bool) {
 	return keys.Key{}, false
 }
 
-// deriver fills in SAs' derived keys, one HKDF extract per key id.
+// deriver fills in SAs' derived keys, one HKDF extract per key id, into
+// one slab that wipe clears.
 type deriver struct {
-	set *keys.Set
-	by  map[uint8]*keys.ESPDeriver
+	set  *keys.Set
+	by   map[uint8]*keys.ESPDeriver
+	slab []byte
 }
 
-func (d *deriver) material(s *sa) {
-	id := keys.SPIKeyID(s.spi)
+func (d *deriver) get(id uint8) *keys.ESPDeriver {
 	e := d.by[id]
 	if e == nil {
 		k, _ := keyByID(d.set, id)
 		e = keys.NewESP(k)
 		d.by[id] = e
 	}
+	return e
+}
+
+// materials derives the keys of every SA in s.
+func (d *deriver) materials(s []sa) {
+	n := 0
+	for i := range s {
+		n += d.get(keys.SPIKeyID(s[i].spi)).Len()
+	}
+	d.slab = make([]byte, n)
+	at := 0
+	for i := range s {
+		e := d.get(keys.SPIKeyID(s[i].spi))
+		s[i].material = d.slab[at : at+e.Len() : at+e.Len()]
+		e.DeriveTo(s[i].material, s[i].src, s[i].dst)
+		at += e.Len()
+	}
+}
+
+func (d *deriver) material(s *sa) {
+	e := d.get(keys.SPIKeyID(s.spi))
 	s.material = e.Derive(s.src, s.dst)
 }
 
@@ -162,6 +185,7 @@ func (d *deriver) wipe() {
 	for _, e := range d.by {
 		e.Wipe()
 	}
+	clear(d.slab)
 }
 
 func (c IPsec) policies() []policy {
@@ -209,19 +233,19 @@ func (c IPsec) Sync(ns netns.NsHandle, set *keys.Set, now time.Time) (Report, er
 		rep.Sender = sender.ID
 	}
 	rep.Receiving = set.IDs()
-	var adds []sa
+	adds := make([]sa, 0, len(want))
 	d := &deriver{set: set, by: map[uint8]*keys.ESPDeriver{}}
 	defer d.wipe()
 	for k, s := range want {
 		if _, ok := haveBy[k]; !ok {
-			d.material(&s)
 			adds = append(adds, s)
 		}
 	}
+	d.materials(adds)
 	// Offload is asked of the first SA alone: the device takes all or none.
 	if offload != 0 && len(adds) > 0 && len(have) == 0 {
 		first := adds[0]
-		err := x.batch([]req{{typ: msgNewSA, payload: first.newSA(), what: "offloaded SA"}})
+		err := x.batch([]req{{typ: msgNewSA, sa: &first}})
 		if err == nil {
 			// A device without ESP offload takes the SA in software and
 			// says nothing: the dump tells.
@@ -252,15 +276,11 @@ func (c IPsec) Sync(ns netns.NsHandle, set *keys.Set, now time.Time) (Report, er
 			rep.Added++
 		}
 	}
-	reqs := make([]req, 0, len(adds))
-	for _, s := range adds {
-		reqs = append(reqs, req{typ: msgNewSA, payload: s.newSA(), what: fmt.Sprintf("SA %s→%s spi %#x", s.src, s.dst, s.spi)})
+	reqs := make([]req, len(adds))
+	for i := range adds {
+		reqs[i] = req{typ: msgNewSA, sa: &adds[i]}
 	}
-	wipe(adds)
 	err = x.batch(reqs)
-	for _, r := range reqs {
-		clear(r.payload)
-	}
 	if err != nil {
 		return rep, err
 	}

@@ -74,16 +74,25 @@ func TestNewSALayout(t *testing.T) {
 func BenchmarkPrepareSAs(b *testing.B) {
 	set := &keys.Set{Keys: []keys.Key{{ID: 1, Algorithm: "aes-gcm-128", Secret: bytes.Repeat([]byte{7}, 16)}}}
 	c := IPsec{Local: netip.MustParseAddr("10.1.0.10"), Subnet: netip.MustParsePrefix("10.1.0.0/22"), Reqid: 3}
+	buf := make([]byte, 0, batchMax+4<<10)
 	for b.Loop() {
 		want, _, _ := c.desired(set, time.Now(), 0)
 		d := &deriver{set: set, by: map[uint8]*keys.ESPDeriver{}}
-		n := 0
+		adds := make([]sa, 0, len(want))
 		for _, s := range want {
-			d.material(&s)
-			n += len(s.newSA())
+			adds = append(adds, s)
 		}
-		if n == 0 {
-			b.Fatal("no messages")
+		d.materials(adds)
+		n := 0
+		for i := range adds {
+			if buf = adds[i].appendNewSA(buf[:0]); len(buf) == 0 {
+				b.Fatal("no message")
+			}
+			n++
+		}
+		d.wipe()
+		if n != 2042 {
+			b.Fatal(n)
 		}
 	}
 }

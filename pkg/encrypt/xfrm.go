@@ -126,33 +126,39 @@ type sa struct {
 
 // newSA is XFRM_MSG_NEWSA's payload: xfrm_usersa_info, the AEAD
 // rfc4106(gcm(aes)) with a 16-byte ICV, the ESN replay state, offload.
-func (s sa) newSA() []byte {
-	b := make([]byte, sizeofSAInfo)
+func (s *sa) newSA() []byte { return s.appendNewSA(nil) }
+
+// appendNewSA appends newSA's payload to b, with no allocation of its own
+// when b has room: a /22 attachment lays out two thousand of them.
+func (s *sa) appendNewSA(b []byte) []byte {
+	at := len(b)
+	b = append(b, make([]byte, sizeofSAInfo)...)
+	u := b[at:]
 	// sel: left empty (any), family set.
-	ne.PutUint16(b[40:42], family(s.dst))
+	ne.PutUint16(u[40:42], family(s.dst))
 	// id: daddr, spi (network order), proto ESP.
-	xaddr(b[56:72], s.dst)
-	binary.BigEndian.PutUint32(b[72:76], s.spi)
-	b[76] = unix.IPPROTO_ESP
-	xaddr(b[80:96], s.src)
-	lifetimeInf(b[96:160])
+	xaddr(u[56:72], s.dst)
+	binary.BigEndian.PutUint32(u[72:76], s.spi)
+	u[76] = unix.IPPROTO_ESP
+	xaddr(u[80:96], s.src)
+	lifetimeInf(u[96:160])
 	// curlft 160:192, stats 192:204, seq 204
-	ne.PutUint32(b[208:212], s.reqid)
-	ne.PutUint16(b[212:214], family(s.dst))
-	b[214] = modeTransport
-	b[215] = 0 // replay_window: in the ESN state
-	b[216] = stateESN
-	aead := make([]byte, 72+len(s.material))
-	copy(aead, "rfc4106(gcm(aes))")
-	ne.PutUint32(aead[64:68], uint32(len(s.material)*8))
-	ne.PutUint32(aead[68:72], 128)
-	copy(aead[72:], s.material)
-	b = append(b, attr(attrAlgAEAD, aead)...)
-	clear(aead)
-	b = append(b, attr(attrReplayESN, s.replay())...)
+	ne.PutUint32(u[208:212], s.reqid)
+	ne.PutUint16(u[212:214], family(s.dst))
+	u[214] = modeTransport
+	u[215] = 0 // replay_window: in the ESN state
+	u[216] = stateESN
+	// XFRMA_ALG_AEAD: xfrm_algo_aead (name[64], key bits, ICV bits, key).
+	b, a := appendAttr(b, attrAlgAEAD, 72+len(s.material))
+	copy(a, "rfc4106(gcm(aes))")
+	ne.PutUint32(a[64:68], uint32(len(s.material)*8))
+	ne.PutUint32(a[68:72], 128)
+	copy(a[72:], s.material)
+	b, a = appendAttr(b, attrReplayESN, sizeofReplayESN)
+	s.putReplay(a)
 	if s.offload != 0 {
-		off := make([]byte, 8)
-		ne.PutUint32(off[0:4], uint32(s.offload))
+		b, a = appendAttr(b, attrOffloadDev, 8)
+		ne.PutUint32(a[0:4], uint32(s.offload))
 		var flags uint8
 		if !s.outbound {
 			flags |= offloadInbound
@@ -160,15 +166,29 @@ func (s sa) newSA() []byte {
 		if s.dst.Is6() {
 			flags |= offloadIPv6
 		}
-		off[4] = flags
-		b = append(b, attr(attrOffloadDev, off)...)
+		a[4] = flags
 	}
 	return b
 }
 
+// appendAttr appends an attribute of n zero bytes (aligned) and returns
+// them to fill in.
+func appendAttr(b []byte, typ uint16, n int) ([]byte, []byte) {
+	at := len(b)
+	b = append(b, make([]byte, nlAlign(4+n))...)
+	ne.PutUint16(b[at:at+2], uint16(4+n))
+	ne.PutUint16(b[at+2:at+4], typ)
+	return b, b[at+4 : at+4+n]
+}
+
 // replay is xfrm_replay_state_esn with a zero bitmap.
-func (s sa) replay() []byte {
+func (s *sa) replay() []byte {
 	r := make([]byte, sizeofReplayESN)
+	s.putReplay(r)
+	return r
+}
+
+func (s *sa) putReplay(r []byte) {
 	ne.PutUint32(r[0:4], replayBmpWords)
 	if s.outbound {
 		ne.PutUint32(r[4:8], uint32(s.seq))       // oseq
@@ -178,7 +198,6 @@ func (s sa) replay() []byte {
 		ne.PutUint32(r[16:20], uint32(s.seq>>32)) // seq_hi
 	}
 	ne.PutUint32(r[20:24], replayWindow)
-	return r
 }
 
 // usersaID is xfrm_usersa_id: how DELSA names a state.
@@ -192,7 +211,7 @@ func usersaID(dst netip.Addr, spi uint32) []byte {
 }
 
 // newAE moves an SA's sequence forward (XFRM_MSG_NEWAE, NLM_F_REPLACE).
-func (s sa) newAE() []byte {
+func (s *sa) newAE() []byte {
 	b := make([]byte, sizeofAeventID)
 	copy(b[0:24], usersaID(s.dst, s.spi))
 	xaddr(b[24:40], s.src)
@@ -262,9 +281,9 @@ func dialProto(ns netns.NsHandle, proto int) (*conn, error) {
 
 func (c *conn) Close() { c.s.Close() }
 
-// batchMax bounds one sendmsg (below the socket's send buffer), batchMsgs
-// the messages in it: each acknowledgement costs the receive buffer an
-// skb's truesize, not its 36 bytes.
+// batchMax bounds one sendmsg (below the socket's send buffer; the last
+// message may pass it by its own length), batchMsgs the messages in it:
+// each answer costs the receive buffer an skb's truesize, not its 36 bytes.
 const (
 	batchMax  = 60 << 10
 	batchMsgs = 256
@@ -274,54 +293,73 @@ const (
 type req struct {
 	typ, flags uint16
 	payload    []byte
+	sa         *sa // XFRM_MSG_NEWSA of this SA, laid out in the batch (payload nil)
 	what       string
 	tolerate   syscall.Errno // an errno that counts as done (ENOENT for deletes)
 }
 
-// batch sends the requests, many per sendmsg, and waits for each one's
-// acknowledgement. It returns the first error by request.
+func (r *req) name() string {
+	if r.sa != nil {
+		return fmt.Sprintf("SA %s→%s spi %#x", r.sa.src, r.sa.dst, r.sa.spi)
+	}
+	return r.what
+}
+
+// batch sends the requests, many per sendmsg, and returns the first error
+// by request. The kernel handles a sendmsg's messages in order before it
+// returns, and answers every failed one; only the last of each sendmsg
+// asks for an acknowledgement of success, so when that one is answered
+// every error of the sendmsg has been too (two thousand acknowledgements
+// were a tenth of an encrypted ADD).
 func (c *conn) batch(reqs []req) error {
 	var firstErr error
+	buf := make([]byte, 0, batchMax+4<<10)
+	defer func() { clear(buf[:cap(buf)]) }()
 	for start := 0; start < len(reqs); {
-		buf := make([]byte, 0, batchMax)
-		pending := map[uint32]*req{}
+		buf = buf[:0]
+		first := c.seq + 1
 		end := start
-		for ; end < len(reqs); end++ {
+		for ; end < len(reqs) && end-start < batchMsgs && len(buf) < batchMax; end++ {
 			r := &reqs[end]
-			l := 16 + len(r.payload)
-			if len(buf) > 0 && (len(buf)+nlAlign(l) > batchMax || end-start >= batchMsgs) {
-				break
-			}
 			c.seq++
-			h := make([]byte, 16)
-			ne.PutUint32(h[0:4], uint32(l))
-			ne.PutUint16(h[4:6], r.typ)
-			ne.PutUint16(h[6:8], r.flags|unix.NLM_F_REQUEST|unix.NLM_F_ACK)
-			ne.PutUint32(h[8:12], c.seq)
-			buf = append(buf, h...)
-			buf = append(buf, r.payload...)
+			at := len(buf)
+			buf = append(buf, make([]byte, 16)...)
+			if r.sa != nil {
+				buf = r.sa.appendNewSA(buf)
+			} else {
+				buf = append(buf, r.payload...)
+			}
+			l := len(buf) - at
 			buf = append(buf, make([]byte, nlAlign(l)-l)...)
-			pending[c.seq] = r
+			flags := r.flags | unix.NLM_F_REQUEST
+			if end+1 == len(reqs) || end+1-start == batchMsgs || len(buf) >= batchMax {
+				flags |= unix.NLM_F_ACK
+			}
+			ne.PutUint32(buf[at:at+4], uint32(l))
+			ne.PutUint16(buf[at+4:at+6], r.typ)
+			ne.PutUint16(buf[at+6:at+8], flags)
+			ne.PutUint32(buf[at+8:at+12], c.seq)
 		}
+		last := c.seq
 		err := unix.Sendto(c.s.GetFd(), buf, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK})
-		clear(buf)
 		if err != nil {
 			return fmt.Errorf("xfrm sendmsg: %w", err)
 		}
-		for len(pending) > 0 {
+		for done := false; !done; {
 			msgs, _, err := c.s.Receive()
 			if err != nil {
 				return fmt.Errorf("xfrm acknowledgements: %w", err)
 			}
 			for _, m := range msgs {
-				r, ok := pending[m.Header.Seq]
-				if !ok || m.Header.Type != unix.NLMSG_ERROR {
+				seq := m.Header.Seq
+				if m.Header.Type != unix.NLMSG_ERROR || seq < first || seq > last {
 					continue
 				}
-				delete(pending, m.Header.Seq)
+				r := &reqs[start+int(seq-first)]
 				if errno := -int32(ne.Uint32(m.Data[0:4])); errno != 0 && syscall.Errno(errno) != r.tolerate && firstErr == nil {
-					firstErr = fmt.Errorf("%s: %w", r.what, syscall.Errno(errno))
+					firstErr = fmt.Errorf("%s: %w", r.name(), syscall.Errno(errno))
 				}
+				done = done || seq == last
 			}
 		}
 		start = end

@@ -1,10 +1,13 @@
 package keys
 
 import (
+	"bytes"
+	"crypto/hkdf"
 	"crypto/hmac"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -212,5 +215,35 @@ func TestDerivationKnownAnswers(t *testing.T) {
 	}
 	if fmtSCI := SCI(a); fmtSCI != kSCI {
 		t.Errorf("SCI(10.20.0.5) = %#x, known answer %#x", fmtSCI, kSCI)
+	}
+}
+
+// TestESPDeriverIsHKDF holds the deriver's expand step (one HMAC keyed
+// once) equal to crypto/hkdf's, for both key lengths (one and two HMAC
+// blocks), many address pairs and after reuse.
+func TestESPDeriverIsHKDF(t *testing.T) {
+	for _, alg := range []string{"aes-gcm-128", "aes-gcm-256"} {
+		k := Key{ID: 7, Algorithm: alg, Secret: bytes.Repeat([]byte{0x5a}, Algorithms[alg])}
+		d := NewESP(k)
+		prk, _ := hkdf.Extract(sha256.New, k.Secret, []byte(salt))
+		buf := make([]byte, d.Len())
+		for i := 0; i < 300; i++ {
+			src := netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)})
+			dst := netip.AddrFrom4([4]byte{10, 1, byte(i >> 7), byte(i * 3)})
+			if i%2 == 1 {
+				src = netip.MustParseAddr(fmt.Sprintf("fd00::%x", i))
+			}
+			info := append(append(append([]byte("esp\x00"), k.ID, 0), addr16(src)...), 0)
+			info = append(info, addr16(dst)...)
+			want, err := hkdf.Expand(sha256.New, prk, string(info), Algorithms[alg]+4)
+			if err != nil {
+				t.Fatal(err)
+			}
+			d.DeriveTo(buf, src, dst)
+			if !bytes.Equal(buf, want) || !bytes.Equal(d.Derive(src, dst), want) {
+				t.Fatalf("%s %s→%s: %x, hkdf says %x", alg, src, dst, buf, want)
+			}
+		}
+		d.Wipe()
 	}
 }
