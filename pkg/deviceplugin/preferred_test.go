@@ -2,7 +2,9 @@ package deviceplugin
 
 import (
 	"fmt"
+	"math/rand/v2"
 	"slices"
+	"sort"
 	"testing"
 
 	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
@@ -104,3 +106,184 @@ func TestPreferred(t *testing.T) {
 		t.Errorf("picked an unhealthy device: %v", got)
 	}
 }
+
+// TestPreferredMatchesReference: the grouped selection picks exactly what
+// the first, scan-everything one did, over random pools (NUMA nodes, some
+// unknown; PFs whose devices may disagree on rail or NUMA; unhealthy
+// devices), random available sets in random order, must-include devices
+// (some not in the pool) and sizes.
+func TestPreferredMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(7, 12))
+	for round := range 3000 {
+		byID := map[string]*Device{}
+		var ids []string
+		pfs := 1 + rng.IntN(6)
+		for pf := range pfs {
+			numa := rng.IntN(3) - 1
+			rail := fmt.Sprintf("rail%d", rng.IntN(4))
+			for vf := range 1 + rng.IntN(12) {
+				d := &Device{ID: fmt.Sprintf("0000:%02x:%02x.%d", 0x10+pf, vf/8, vf%8), NUMA: numa, PF: fmt.Sprint(pf), Rail: rail, Healthy: rng.IntN(8) > 0}
+				if rng.IntN(20) == 0 { // a device that disagrees with its PF
+					d.NUMA, d.Rail = rng.IntN(2), fmt.Sprintf("rail%d", rng.IntN(4))
+				}
+				byID[d.ID] = d
+				ids = append(ids, d.ID)
+			}
+		}
+		avail := slices.Clone(ids)
+		rng.Shuffle(len(avail), func(i, j int) { avail[i], avail[j] = avail[j], avail[i] })
+		avail = avail[:1+rng.IntN(len(avail))]
+		var must []string
+		for range rng.IntN(3) {
+			if rng.IntN(4) == 0 {
+				must = append(must, "not-in-pool")
+			} else {
+				must = append(must, avail[rng.IntN(len(avail))])
+			}
+		}
+		size := rng.IntN(len(avail) + 2)
+		want, werr := referencePreferred(byID, avail, must, size)
+		got, gerr := preferred(byID, avail, must, size)
+		if (werr != nil) != (gerr != nil) || !slices.Equal(got, want) {
+			t.Fatalf("round %d: size %d must %v avail %v:\ngot  %v %v\nwant %v %v", round, size, must, avail, got, gerr, want, werr)
+		}
+	}
+}
+
+// referencePreferred is the selection as it was first written (a scan of
+// every candidate per pick): TestPreferredMatchesReference holds the
+// grouped one to it.
+//
+// It was the selection behind GetPreferredAllocation: a set that
+// holds every must-include device, sits on as few NUMA nodes as possible,
+// and spreads over distinct rails and PFs; ties go to the lower ID.
+func referencePreferred(byID map[string]*Device, available, must []string, size int) ([]string, error) {
+	if size < len(must) {
+		return nil, fmt.Errorf("allocation size %d is smaller than the %d must-include devices", size, len(must))
+	}
+	if size > len(available) {
+		return nil, fmt.Errorf("allocation size %d exceeds the %d available devices", size, len(available))
+	}
+	for _, d := range byID {
+		if !d.indexed {
+			indexDevices(byID)
+		}
+		break
+	}
+	chosen := make([]string, 0, size)
+	taken := make([]bool, len(byID)) // by ord
+	var inSetUnknown []string        // chosen IDs that are no device of the pool
+	var usedPF, usedRail []int
+	use := func(counts []int, i int32) []int {
+		for len(counts) <= int(i) {
+			counts = append(counts, 0)
+		}
+		counts[i]++
+		return counts
+	}
+	count := func(counts []int, i int32) int {
+		if int(i) < len(counts) {
+			return counts[i]
+		}
+		return 0
+	}
+	usedNUMA := map[int]bool{}
+	isTaken := func(id string) bool {
+		if d := byID[id]; d != nil {
+			return taken[d.ord]
+		}
+		return slices.Contains(inSetUnknown, id)
+	}
+	take := func(id string) {
+		chosen = append(chosen, id)
+		d := byID[id]
+		if d == nil {
+			inSetUnknown = append(inSetUnknown, id)
+			return
+		}
+		taken[d.ord] = true
+		usedPF = use(usedPF, d.pfIdx)
+		usedRail = use(usedRail, d.railIdx)
+		usedNUMA[d.NUMA] = true
+	}
+	for _, m := range must {
+		if !isTaken(m) {
+			take(m)
+		}
+	}
+	type cand struct {
+		d    *Device
+		rank int
+	}
+	cands := make([]cand, 0, len(available))
+	perNUMA := map[int]int{}
+	for _, a := range available {
+		d := byID[a]
+		if d == nil || !d.Healthy || taken[d.ord] {
+			continue
+		}
+		cands = append(cands, cand{d: d})
+		perNUMA[d.NUMA]++
+	}
+	// NUMA order: nodes already used first, then a node that can hold the
+	// whole rest (most candidates first), unknown (-1) last.
+	need := size - len(chosen)
+	numaOrder := make([]int, 0, len(perNUMA))
+	for n := range perNUMA {
+		numaOrder = append(numaOrder, n)
+	}
+	sort.Slice(numaOrder, func(i, j int) bool {
+		a, b := numaOrder[i], numaOrder[j]
+		if (a < 0) != (b < 0) {
+			return b < 0
+		}
+		if usedNUMA[a] != usedNUMA[b] {
+			return usedNUMA[a]
+		}
+		fa, fb := perNUMA[a] >= need, perNUMA[b] >= need
+		if fa != fb {
+			return fa
+		}
+		if perNUMA[a] != perNUMA[b] {
+			return perNUMA[a] > perNUMA[b]
+		}
+		return a < b
+	})
+	rank := make(map[int]int, len(numaOrder))
+	for i, n := range numaOrder {
+		rank[n] = i
+	}
+	for i := range cands {
+		cands[i].rank = rank[cands[i].d.NUMA]
+	}
+	for len(chosen) < size {
+		// Best next: lowest NUMA rank, then least-used rail and PF, then ID.
+		best := -1
+		var br, brail, bpf int
+		for i := range cands {
+			c := cands[i].d
+			if taken[c.ord] {
+				continue
+			}
+			r, cr, cp := cands[i].rank, count(usedRail, c.railIdx), count(usedPF, c.pfIdx)
+			if best < 0 || r < br || (r == br && (cr < brail || (cr == brail && (cp < bpf || (cp == bpf && c.ord < cands[best].d.ord))))) {
+				best, br, brail, bpf = i, r, cr, cp
+			}
+		}
+		if best < 0 {
+			break
+		}
+		take(cands[best].d.ID)
+	}
+	// Not enough healthy devices: fill from the rest of available, as asked.
+	for _, a := range available {
+		if len(chosen) == size {
+			break
+		}
+		if !isTaken(a) {
+			take(a)
+		}
+	}
+	return chosen, nil
+}
+

@@ -400,6 +400,12 @@ func indexDevices(byID map[string]*Device) {
 // preferred is the selection behind GetPreferredAllocation: a set that
 // holds every must-include device, sits on as few NUMA nodes as possible,
 // and spreads over distinct rails and PFs; ties go to the lower ID.
+//
+// Candidates fall into groups of equal NUMA rank, rail and PF: within a
+// group every device scores alike, so a pick compares the groups (a few
+// per PF) and takes the lowest ID of the best; the lists it scans are the
+// picked group's, not every candidate (kubelet asks with a pool's every
+// free device, a thousand or more).
 func preferred(byID map[string]*Device, available, must []string, size int) ([]string, error) {
 	if size < len(must) {
 		return nil, fmt.Errorf("allocation size %d is smaller than the %d must-include devices", size, len(must))
@@ -416,30 +422,50 @@ func preferred(byID map[string]*Device, available, must []string, size int) ([]s
 	chosen := make([]string, 0, size)
 	taken := make([]bool, len(byID)) // by ord
 	var inSetUnknown []string        // chosen IDs that are no device of the pool
-	var usedPF, usedRail []int
-	use := func(counts []int, i int32) []int {
+	var usedPF, usedRail []int32
+	count := func(counts []int32, i int32) int32 {
+		if int(i) < len(counts) {
+			return counts[i]
+		}
+		return 0
+	}
+	use := func(counts []int32, i int32) []int32 {
 		for len(counts) <= int(i) {
 			counts = append(counts, 0)
 		}
 		counts[i]++
 		return counts
 	}
-	count := func(counts []int, i int32) int {
-		if int(i) < len(counts) {
-			return counts[i]
-		}
-		return 0
+	// NUMA nodes: a handful, in a slice.
+	type numaInfo struct {
+		node       int
+		used       bool
+		free, rank int
 	}
-	usedNUMA := map[int]bool{}
+	var numas []numaInfo
+	last := -1 // devices come in runs of one NUMA node
+	numaAt := func(n int) *numaInfo {
+		if last >= 0 && numas[last].node == n {
+			return &numas[last]
+		}
+		for i := range numas {
+			if numas[i].node == n {
+				last = i
+				return &numas[i]
+			}
+		}
+		numas = append(numas, numaInfo{node: n})
+		last = len(numas) - 1
+		return &numas[last]
+	}
 	isTaken := func(id string) bool {
 		if d := byID[id]; d != nil {
 			return taken[d.ord]
 		}
 		return slices.Contains(inSetUnknown, id)
 	}
-	take := func(id string) {
+	take := func(d *Device, id string) {
 		chosen = append(chosen, id)
-		d := byID[id]
 		if d == nil {
 			inSetUnknown = append(inSetUnknown, id)
 			return
@@ -447,76 +473,128 @@ func preferred(byID map[string]*Device, available, must []string, size int) ([]s
 		taken[d.ord] = true
 		usedPF = use(usedPF, d.pfIdx)
 		usedRail = use(usedRail, d.railIdx)
-		usedNUMA[d.NUMA] = true
+		numaAt(d.NUMA).used = true
 	}
 	for _, m := range must {
 		if !isTaken(m) {
-			take(m)
+			take(byID[m], m)
 		}
 	}
-	type cand struct {
-		d    *Device
-		rank int
-	}
-	cands := make([]cand, 0, len(available))
-	perNUMA := map[int]int{}
+	cands := make([]*Device, 0, len(available))
 	for _, a := range available {
 		d := byID[a]
 		if d == nil || !d.Healthy || taken[d.ord] {
 			continue
 		}
-		cands = append(cands, cand{d: d})
-		perNUMA[d.NUMA]++
+		taken[d.ord] = true // a device listed twice is one candidate
+		cands = append(cands, d)
+		numaAt(d.NUMA).free++
+	}
+	for _, d := range cands {
+		taken[d.ord] = false
 	}
 	// NUMA order: nodes already used first, then a node that can hold the
 	// whole rest (most candidates first), unknown (-1) last.
 	need := size - len(chosen)
-	numaOrder := make([]int, 0, len(perNUMA))
-	for n := range perNUMA {
-		numaOrder = append(numaOrder, n)
+	order := make([]int, len(numas))
+	for i := range order {
+		order[i] = i
 	}
-	sort.Slice(numaOrder, func(i, j int) bool {
-		a, b := numaOrder[i], numaOrder[j]
-		if (a < 0) != (b < 0) {
-			return b < 0
+	sort.Slice(order, func(i, j int) bool {
+		a, b := &numas[order[i]], &numas[order[j]]
+		if (a.node < 0) != (b.node < 0) {
+			return b.node < 0
 		}
-		if usedNUMA[a] != usedNUMA[b] {
-			return usedNUMA[a]
+		if a.used != b.used {
+			return a.used
 		}
-		fa, fb := perNUMA[a] >= need, perNUMA[b] >= need
+		fa, fb := a.free >= need, b.free >= need
 		if fa != fb {
 			return fa
 		}
-		if perNUMA[a] != perNUMA[b] {
-			return perNUMA[a] > perNUMA[b]
+		if a.free != b.free {
+			return a.free > b.free
 		}
-		return a < b
+		return a.node < b.node
 	})
-	rank := make(map[int]int, len(numaOrder))
-	for i, n := range numaOrder {
-		rank[n] = i
+	for r, i := range order {
+		numas[i].rank = r
 	}
-	for i := range cands {
-		cands[i].rank = rank[cands[i].d.NUMA]
+	// Groups: same NUMA rank, rail and PF score alike.
+	type group struct {
+		rank     int
+		rail, pf int32
+		members  []*Device
+		best     int32 // the lowest untaken ord, -1: none left
+		bestAt   int
+	}
+	var groups []group
+	var byPF [][]int // PF index → its groups (one, unless a PF's devices disagree)
+	for _, d := range cands {
+		for len(byPF) <= int(d.pfIdx) {
+			byPF = append(byPF, nil)
+		}
+		r := numaAt(d.NUMA).rank
+		gi := -1
+		for _, g := range byPF[d.pfIdx] {
+			if groups[g].rank == r && groups[g].rail == d.railIdx {
+				gi = g
+				break
+			}
+		}
+		if gi < 0 {
+			gi = len(groups)
+			groups = append(groups, group{rank: r, rail: d.railIdx, pf: d.pfIdx, best: -1})
+			byPF[d.pfIdx] = append(byPF[d.pfIdx], gi)
+		}
+		g := &groups[gi]
+		if g.best < 0 || d.ord < g.best {
+			g.best, g.bestAt = d.ord, len(g.members)
+		}
+		g.members = append(g.members, d)
 	}
 	for len(chosen) < size {
 		// Best next: lowest NUMA rank, then least-used rail and PF, then ID.
-		best := -1
-		var br, brail, bpf int
-		for i := range cands {
-			c := cands[i].d
-			if taken[c.ord] {
+		bi := -1
+		var brail, bpf int32
+		for i := range groups {
+			g := &groups[i]
+			if g.best < 0 {
 				continue
 			}
-			r, cr, cp := cands[i].rank, count(usedRail, c.railIdx), count(usedPF, c.pfIdx)
-			if best < 0 || r < br || (r == br && (cr < brail || (cr == brail && (cp < bpf || (cp == bpf && c.ord < cands[best].d.ord))))) {
-				best, br, brail, bpf = i, r, cr, cp
+			cr, cp := count(usedRail, g.rail), count(usedPF, g.pf)
+			if bi >= 0 {
+				b := &groups[bi]
+				if g.rank != b.rank {
+					if g.rank > b.rank {
+						continue
+					}
+				} else if cr != brail {
+					if cr > brail {
+						continue
+					}
+				} else if cp != bpf {
+					if cp > bpf {
+						continue
+					}
+				} else if g.best > b.best {
+					continue
+				}
 			}
+			bi, brail, bpf = i, cr, cp
 		}
-		if best < 0 {
+		if bi < 0 {
 			break
 		}
-		take(cands[best].d.ID)
+		g := &groups[bi]
+		d := g.members[g.bestAt]
+		take(d, d.ID)
+		g.best = -1
+		for i, m := range g.members {
+			if !taken[m.ord] && (g.best < 0 || m.ord < g.best) {
+				g.best, g.bestAt = m.ord, i
+			}
+		}
 	}
 	// Not enough healthy devices: fill from the rest of available, as asked.
 	for _, a := range available {
@@ -524,7 +602,7 @@ func preferred(byID map[string]*Device, available, must []string, size int) ([]s
 			break
 		}
 		if !isTaken(a) {
-			take(a)
+			take(byID[a], a)
 		}
 	}
 	return chosen, nil
