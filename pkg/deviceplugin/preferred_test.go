@@ -286,4 +286,3 @@ func referencePreferred(byID map[string]*Device, available, must []string, size 
 	}
 	return chosen, nil
 }
-
