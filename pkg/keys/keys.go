@@ -93,7 +93,9 @@ func (s *Set) IDs() []uint8 {
 // ErrInvalid wraps every refusal of a key file or a keys name.
 var ErrInvalid = errors.New("invalid keys")
 
-var nameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$`)
+// nameRE and a length check: a bounded repetition ({0,251}) would compile
+// into 251 copies at every start of the CNI binary (3 ms, 165 kB).
+var nameRE = regexp.MustCompile(`^[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?$`)
 
 // ValidName reports why a keys name (the NAD's) or a pod namespace cannot
 // name a file below keysDir: "" when it can.
@@ -105,7 +107,7 @@ func ValidName(s string) string {
 		return "contains /"
 	case strings.Contains(s, ".."):
 		return "contains .."
-	case !nameRE.MatchString(s):
+	case len(s) > 253 || !nameRE.MatchString(s):
 		return "not a Secret key name (letters, digits, '.', '_', '-')"
 	}
 	return ""

@@ -247,3 +247,12 @@ func TestESPDeriverIsHKDF(t *testing.T) {
 		d.Wipe()
 	}
 }
+
+func TestValidNameBounds(t *testing.T) {
+	long := "a" + strings.Repeat("x", 251) + "z"
+	for name, want := range map[string]bool{long: true, long + "q": false, "a": true, "a.b-c_d": true, ".a": false, "a.": false, "a..b": false, "a/b": false, "": false, "a b": false} {
+		if got := ValidName(name) == ""; got != want {
+			t.Errorf("ValidName(%q) accepted %v, want %v", name, got, want)
+		}
+	}
+}

@@ -132,7 +132,7 @@ var (
 	rePrefix   = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+$`)
 	reHexID    = regexp.MustCompile(`^(0x)?[0-9a-fA-F]{4}$`)
 	reRailName = regexp.MustCompile(`^rail[0-9]+$`)
-	reDNSLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,48}[a-z0-9])?$`)
+	reDNSLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]*[a-z0-9])?$`) // and at most 50 long
 )
 
 // Prefix is the resource prefix in force.
@@ -190,7 +190,7 @@ func (c *Config) Validate() error {
 		case APIDRA:
 			// The pool name is part of a ResourceSlice's pool name and of
 			// its DeviceClass: a DNS label.
-			if !reDNSLabel.MatchString(p.Name) {
+			if len(p.Name) > 50 || !reDNSLabel.MatchString(p.Name) {
 				bad("%s.name: %q: a dra pool's name must be a DNS label (lower-case letters, digits and '-')", f, p.Name)
 			}
 		default:

@@ -44,6 +44,8 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 		{"gpu class", `{"pools":[{"name":"a","selectors":{"gpuClass":"NEAR"}}]}`, "pools[0].selectors.gpuClass"},
 		{"prefix", `{"resourcePrefix":"Not A Domain","pools":[{"name":"a","selectors":{"drivers":["x"]}}]}`, "resourcePrefix"},
 		{"nothing", `{}`, "nothing to advertise"},
+		{"dra name 51 long", `{"pools":[{"name":"` + strings.Repeat("a", 51) + `","api":"dra","selectors":{"drivers":["x"]}}]}`, "pools[0].name"},
+		{"dra name not a label", `{"pools":[{"name":"a_b","api":"dra","selectors":{"drivers":["x"]}}]}`, "pools[0].name"},
 		{"rail name clash", `{"railPools":true,"pools":[{"name":"rail0","selectors":{"drivers":["x"]}}]}`, "reserved for rail pools"},
 		{"yaml unknown", "pools:\n- name: a\n  selector:\n    drivers: [x]\n", `unknown field "selector"`},
 		{"garbage", `{"pools":`, "parse config"},
@@ -54,6 +56,12 @@ func TestConfigErrorsNameTheField(t *testing.T) {
 				t.Fatalf("Parse error = %v, want one containing %q", err, tc.want)
 			}
 		})
+	}
+}
+
+func TestDRANameAtItsLongest(t *testing.T) {
+	if _, err := pools.Parse([]byte(`{"pools":[{"name":"` + strings.Repeat("a", 49) + `z","api":"dra","selectors":{"drivers":["x"]}}]}`)); err != nil {
+		t.Fatal(err)
 	}
 }
 

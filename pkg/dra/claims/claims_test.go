@@ -77,6 +77,19 @@ func TestRefusesFilesOthersCanWrite(t *testing.T) {
 	}
 }
 
+func TestUIDBounds(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "dra")
+	ok := strings.Repeat("a", 63) + "b"
+	if err := claims.Save(dir, claim(ok, "n", "nic", nil, dev("nic", "0000:04:00.2"))); err != nil {
+		t.Fatalf("a 64-character UID: %v", err)
+	}
+	for _, bad := range []string{"", ok + "c", "../x", "a b", "a/b"} {
+		if err := claims.Save(dir, claim(bad, "n", "nic", nil, dev("nic", "0000:04:00.2"))); err == nil {
+			t.Errorf("UID %q accepted", bad)
+		}
+	}
+}
+
 func TestFind(t *testing.T) {
 	dir := t.TempDir()
 	for _, c := range []*claims.Claim{
