@@ -215,14 +215,16 @@ func (s *Scanner) readFunction(bdf, real string, w *warnings, i int, sh *shared)
 		return nil, nil, nil
 	}
 	defer dir.Close()
-	ents, err := dir.ReadDirents(".")
+	present, err := dir.Which(".", functionEntries)
 	if err != nil {
 		w.add(s.full(real), err)
 		return nil, nil, nil
 	}
-	have := make(map[string]bool, len(ents))
-	for _, e := range ents {
-		have[e.Name] = true
+	have := make(map[string]bool, len(functionEntries))
+	for i, ok := range present {
+		if ok {
+			have[functionEntries[i]] = true
+		}
 	}
 	d := &PCIDevice{BDF: bdf, Path: real, Ancestry: ancestry(real), NUMA: -1}
 	if len(d.Ancestry) == 0 || d.Ancestry[len(d.Ancestry)-1] != bdf {
@@ -245,8 +247,11 @@ func (s *Scanner) readFunction(bdf, real string, w *warnings, i int, sh *shared)
 		*dst = v
 	}
 	inherited := false
-	if have["physfn"] && sh != nil {
-		if pf, err := dir.LinkBase("physfn"); err == nil {
+	var pf string
+	var pfErr error
+	if have["physfn"] {
+		pf, pfErr = dir.LinkBase("physfn")
+		if pfErr == nil && sh != nil {
 			inherited = sh.fromPF(i, pf, d)
 		}
 	}
@@ -283,7 +288,7 @@ func (s *Scanner) readFunction(bdf, real string, w *warnings, i int, sh *shared)
 		}
 		return d, nil, g
 	case nic:
-		return d, s.readNIC(d, dir, have, w), nil
+		return d, s.readNIC(d, dir, have, pf, pfErr, w), nil
 	}
 	return d, nil, nil
 }
@@ -331,6 +336,11 @@ func isGPU(d *PCIDevice) bool {
 	return d.Vendor == "0x10de" && (strings.HasPrefix(d.Class, "0x0300") || strings.HasPrefix(d.Class, "0x0302"))
 }
 
+// functionEntries are the entries of a function's directory the scan
+// asks after (have[name]).
+var functionEntries = []string{"physfn", "driver", "subsystem_vendor", "local_cpulist", "sriov_totalvfs", "sriov_offset",
+	"sriov_vf_device", "net", "infiniband", "infiniband_verbs", "infiniband_mad"}
+
 // isNIC: class 0x02 (network controller), or any function with a netdev or
 // an RDMA device. Bridges never are, even with a NIC vendor's ID (the PCIe
 // switch inside a ConnectX-7 or BlueField).
@@ -341,7 +351,7 @@ func isNIC(d *PCIDevice, have map[string]bool) bool {
 	return strings.HasPrefix(d.Class, "0x02") || have["net"] || have["infiniband"]
 }
 
-func (s *Scanner) readNIC(d *PCIDevice, dir *sysfs.Dir, have map[string]bool, w *warnings) *NIC {
+func (s *Scanner) readNIC(d *PCIDevice, dir *sysfs.Dir, have map[string]bool, pf string, pfErr error, w *warnings) *NIC {
 	n := &NIC{PCIDevice: *d, Kind: KindPF, VFIndex: -1}
 	real := d.Path
 	if have["sriov_totalvfs"] {
@@ -373,9 +383,8 @@ func (s *Scanner) readNIC(d *PCIDevice, dir *sysfs.Dir, have map[string]bool, w 
 	lean := s.lean && have["physfn"]
 	if have["physfn"] {
 		n.Kind = KindVF
-		pf, err := dir.LinkBase("physfn")
-		if err != nil {
-			w.add(s.full(real+"/physfn"), err)
+		if pfErr != nil {
+			w.add(s.full(real+"/physfn"), pfErr)
 			n.Partial = true
 		} else {
 			n.PF = pf

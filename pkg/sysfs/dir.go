@@ -125,6 +125,30 @@ func (d *Dir) ReadDirents(name string) ([]Dirent, error) {
 	return ents, nil
 }
 
+// Which reports which of names directory name holds: a function's
+// directory has some forty entries and a scan asks after ten, at a
+// thousand functions a scan (no string per entry).
+func (d *Dir) Which(name string, names []string) ([]bool, error) {
+	fd, err := d.open(name, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, d.fs.pathErr("readdir", d.join(name), err)
+	}
+	defer unix.Close(fd)
+	out := make([]bool, len(names))
+	err = eachDirent(fd, func(e []byte, _ bool) {
+		for i, n := range names {
+			if string(e) == n {
+				out[i] = true
+				return
+			}
+		}
+	})
+	if err != nil {
+		return nil, d.fs.pathErr("readdir", d.join(name), err)
+	}
+	return out, nil
+}
+
 // ReadNames lists a subdirectory's names, sorted.
 func (d *Dir) ReadNames(name string) ([]string, error) {
 	ents, err := d.ReadDirents(name)

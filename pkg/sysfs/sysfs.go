@@ -318,8 +318,24 @@ func (f *FS) ReadDirents(rel string) ([]Dirent, error) {
 
 // getdents reads a whole directory with getdents64, without the os.File
 // machinery (poller registration, fcntl) that costs three extra syscalls.
+// Only a reply of 0 ends the directory: the kernel cuts a reply short when
+// a signal is pending (Go preempts goroutines with SIGURG), with room to
+// spare in the buffer.
 func getdents(fd int) ([]Dirent, error) {
 	var out []Dirent
+	err := eachDirent(fd, func(name []byte, symlink bool) {
+		out = append(out, Dirent{Name: string(name), Symlink: symlink})
+	})
+	if err != nil {
+		return nil, err
+	}
+	slices.SortFunc(out, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
+	return out, nil
+}
+
+// eachDirent calls fn with every entry but . and .. (name valid during the
+// call only).
+func eachDirent(fd int, fn func(name []byte, symlink bool)) error {
 	bp := bufs.Get().(*[]byte)
 	defer bufs.Put(bp)
 	buf := *bp
@@ -329,16 +345,16 @@ func getdents(fd int) ([]Dirent, error) {
 			continue
 		}
 		if err != nil {
-			return nil, err
+			return err
 		}
 		if n <= 0 {
-			break
+			return nil
 		}
 		for b := buf[:n]; len(b) >= 19; {
 			// struct linux_dirent64: ino u64, off s64, reclen u16, type u8, name.
 			reclen := int(b[16]) | int(b[17])<<8
 			if reclen < 19 || reclen > len(b) {
-				return nil, unix.EIO
+				return unix.EIO
 			}
 			typ := b[18]
 			name := b[19:reclen]
@@ -346,13 +362,11 @@ func getdents(fd int) ([]Dirent, error) {
 				name = name[:i]
 			}
 			if s := string(name); s != "." && s != ".." {
-				out = append(out, Dirent{Name: s, Symlink: typ == unix.DT_LNK})
+				fn(name, typ == unix.DT_LNK)
 			}
 			b = b[reclen:]
 		}
 	}
-	slices.SortFunc(out, func(a, b Dirent) int { return strings.Compare(a.Name, b.Name) })
-	return out, nil
 }
 
 func indexByte(b []byte, c byte) int {

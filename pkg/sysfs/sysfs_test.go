@@ -2,8 +2,10 @@ package sysfs
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -161,5 +163,106 @@ func TestReads(t *testing.T) {
 func TestNewRejectsMissingRoot(t *testing.T) {
 	if _, err := New(filepath.Join(t.TempDir(), "nope")); err == nil {
 		t.Fatal("New on a missing directory succeeded")
+	}
+}
+
+// TestLongDirectories: directories that take many getdents replies, with
+// names up to 255 bytes, are listed whole (a reply with room to spare is
+// not the end: the kernel cuts replies short when a signal is pending, and
+// Go preempts with signals), on tmpfs and where the test's files are;
+// with both resolvers and through Dir.
+func TestLongDirectories(t *testing.T) {
+	roots := []string{t.TempDir()}
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		d, err := os.MkdirTemp("/dev/shm", "railnet-sysfs-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.RemoveAll(d) })
+		roots = append(roots, d)
+	}
+	for _, root := range roots {
+		for _, n := range []int{0, 1, 29, 30, 31, 200, 3000} {
+			dir := filepath.Join(root, fmt.Sprint(n))
+			os.MkdirAll(dir, 0o755)
+			want := map[string]bool{}
+			for i := range n {
+				name := fmt.Sprintf("%d-%s", i, strings.Repeat("x", (i*37)%250))
+				if err := os.WriteFile(filepath.Join(dir, name), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+				want[name] = true
+			}
+			for _, opts := range [][]Option{nil, {WithoutOpenat2()}} {
+				fs, err := New(root, opts...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				names, err := fs.ReadNames(fmt.Sprint(n))
+				if err != nil {
+					t.Fatal(err)
+				}
+				d, err := fs.OpenDir(".")
+				if err != nil {
+					t.Fatal(err)
+				}
+				viaDir, err := d.ReadNames(fmt.Sprint(n))
+				d.Close()
+				fs.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, got := range [][]string{names, viaDir} {
+					if len(got) != len(want) {
+						t.Fatalf("%s: %d of %d names", dir, len(got), len(want))
+					}
+					for _, g := range got {
+						if !want[g] {
+							t.Fatalf("%s: unexpected %q", dir, g)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestDirListsItselfTwice: a Dir lists its own entries, again and again,
+// in full (ReadNames) or asked after (Which).
+func TestDirListsItselfTwice(t *testing.T) {
+	root := t.TempDir()
+	os.MkdirAll(filepath.Join(root, "dev", "sub"), 0o755)
+	for _, n := range []string{"a", "b", "c"} {
+		os.WriteFile(filepath.Join(root, "dev", n), nil, 0o644)
+	}
+	for _, opts := range [][]Option{nil, {WithoutOpenat2()}} {
+		fs, err := New(root, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		d, err := fs.OpenDir("dev")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			names, err := d.ReadNames(".")
+			if err != nil || strings.Join(names, ",") != "a,b,c,sub" {
+				t.Fatalf("listing %d: %v %v", i, names, err)
+			}
+			has, err := d.Which(".", []string{"b", "sub", "z"})
+			if err != nil || !has[0] || !has[1] || has[2] {
+				t.Fatalf("Which %d: %v %v", i, has, err)
+			}
+		}
+		sub, err := d.OpenDir("sub")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if names, err := sub.ReadNames("."); err != nil || len(names) != 0 {
+			t.Fatalf("sub: %v %v", names, err)
+		}
+		sub.Close()
+		d.Close()
+		fs.Close()
 	}
 }
