@@ -18,14 +18,16 @@ func (s *Scanner) scanRDMA(inv *Inventory, w *warnings) {
 	for _, n := range inv.NICs {
 		inv.RDMA = append(inv.RDMA, n.rdma...)
 	}
-	links, escaped, err := s.sys.ReadLinks("class/infiniband")
+	known := make(map[string]bool, len(inv.RDMA))
+	for _, r := range inv.RDMA {
+		known[r.Name] = true
+	}
+	// The class's other devices (rxe, siw: no PCI function of their own);
+	// the PCI functions' are known already and their links not read.
+	links, escaped, err := s.sys.ReadLinksOf("class/infiniband", func(name string) bool { return !known[name] })
 	if err == nil {
 		for _, e := range escaped {
 			w.add(pathOf(e), e)
-		}
-		known := make(map[string]bool, len(inv.RDMA))
-		for _, r := range inv.RDMA {
-			known[r.Name] = true
 		}
 		var classChars map[string][]string
 		for name, real := range links {

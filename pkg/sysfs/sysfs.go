@@ -472,6 +472,12 @@ func (f *FS) RealPath(rel string) (string, error) {
 // thousands of devices. A target that climbs out of the root is left out
 // and reported in the returned error list, never followed.
 func (f *FS) ReadLinks(rel string) (links map[string]string, escaped []error, err error) {
+	return f.ReadLinksOf(rel, nil)
+}
+
+// ReadLinksOf is ReadLinks of the entries want accepts (nil: all): a
+// class directory lists a thousand devices a scan already knows.
+func (f *FS) ReadLinksOf(rel string, want func(name string) bool) (links map[string]string, escaped []error, err error) {
 	rel = clean(rel)
 	name := rel
 	if name == "" {
@@ -488,7 +494,7 @@ func (f *FS) ReadLinks(rel string) (links map[string]string, escaped []error, er
 	}
 	links = make(map[string]string, len(ents))
 	for _, e := range ents {
-		if !e.Symlink {
+		if !e.Symlink || (want != nil && !want(e.Name)) {
 			continue
 		}
 		t, err := readlinkat(fd, e.Name)
