@@ -251,3 +251,66 @@ func TestMissingRootIsAnError(t *testing.T) {
 		t.Fatal("scan of an empty root succeeded")
 	}
 }
+
+// TestLeanScanFindsWhatFullDoes: on every fixture the daemon's lean scan
+// finds the same functions, NICs (kind, PF, netdev and RDMA names) and
+// RDMA devices with the same character devices as the full scan, and no
+// warning; what it leaves out is a VF's own netdev attributes and port
+// details (its PF's stand in).
+func TestLeanScanFindsWhatFullDoes(t *testing.T) {
+	type nicView struct {
+		BDF, PF, Kind    string
+		Netdevs, RDMA    []string
+		NUMA             int
+		Vendor, Device   string
+		Driver, LinkType string
+	}
+	type rdmaView struct {
+		Name, PCI string
+		CharDevs  []string
+	}
+	view := func(inv *discovery.Inventory) (map[string]nicView, map[string]rdmaView, int) {
+		nics, rdma := map[string]nicView{}, map[string]rdmaView{}
+		for _, n := range inv.NICs {
+			v := nicView{BDF: n.BDF, PF: n.PF, Kind: string(n.Kind), RDMA: n.RDMA, NUMA: n.NUMA, Vendor: n.Vendor, Device: n.Device,
+				Driver: n.Driver, LinkType: string(n.LinkType)}
+			for _, nd := range n.Netdevs {
+				v.Netdevs = append(v.Netdevs, nd.Name)
+			}
+			nics[n.BDF] = v
+		}
+		for _, r := range inv.RDMA {
+			rdma[r.Name] = rdmaView{Name: r.Name, PCI: r.PCI, CharDevs: r.CharDevs}
+		}
+		return nics, rdma, len(inv.PCI)
+	}
+	for _, name := range fakesystest.Fixtures(t) {
+		t.Run(name, func(t *testing.T) {
+			_, tree := fakesystest.Build(t, name)
+			full, lean := fakesystest.Scan(t, tree, false), fakesystest.Scan(t, tree, true)
+			if len(lean.Warnings) != 0 {
+				t.Fatalf("lean scan warnings: %v", lean.Warnings)
+			}
+			fn, fr, fp := view(full)
+			ln, lr, lp := view(lean)
+			if fp != lp {
+				t.Errorf("%d PCI functions in full, %d lean", fp, lp)
+			}
+			if diff := cmp.Diff(fn, ln); diff != "" {
+				t.Errorf("NICs (-full +lean):\n%s", diff)
+			}
+			if diff := cmp.Diff(fr, lr); diff != "" {
+				t.Errorf("RDMA devices (-full +lean):\n%s", diff)
+			}
+			withChars := 0
+			for _, r := range lr {
+				if len(r.CharDevs) > 0 {
+					withChars++
+				}
+			}
+			if len(lr) > 0 && withChars == 0 {
+				t.Errorf("no RDMA device has character devices")
+			}
+		})
+	}
+}

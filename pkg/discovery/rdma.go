@@ -50,6 +50,14 @@ func (s *Scanner) scanRDMA(inv *Inventory, w *warnings) {
 			inv.RDMA = append(inv.RDMA, r)
 		}
 	}
+	if slices.ContainsFunc(inv.RDMA, func(r *RDMADevice) bool { return r.classChars }) {
+		byFn := s.charDevsByFunction(w)
+		for _, r := range inv.RDMA {
+			if r.classChars {
+				r.CharDevs = byFn[r.PCI]
+			}
+		}
+	}
 	slices.SortFunc(inv.RDMA, func(a, b *RDMADevice) int { return NaturalCompare(a.Name, b.Name) })
 	if len(inv.RDMA) == 0 {
 		return
@@ -195,6 +203,31 @@ func (s *Scanner) classCharDevs(w *warnings) map[string][]string {
 				continue
 			}
 			out[ib] = append(out[ib], n)
+		}
+	}
+	return out
+}
+
+// charDevsByFunction maps PCI functions to the character devices whose
+// class links name them (…/<BDF>/infiniband_verbs/uverbs3): one readlink
+// per device node.
+func (s *Scanner) charDevsByFunction(w *warnings) map[string][]string {
+	out := map[string][]string{}
+	for _, class := range []string{"infiniband_verbs", "infiniband_mad"} {
+		links, escaped, err := s.sys.ReadLinks("class/" + class)
+		if err != nil {
+			continue
+		}
+		for _, e := range escaped {
+			w.add(pathOf(e), e)
+		}
+		for n, t := range links {
+			if path.Base(path.Dir(t)) != class {
+				w.add(s.full("class/"+class+"/"+n), fmt.Errorf("unexpected location %s", t))
+				continue
+			}
+			fn := path.Base(path.Dir(path.Dir(t)))
+			out[fn] = append(out[fn], n)
 		}
 	}
 	return out

@@ -423,7 +423,13 @@ func (s *Scanner) readNIC(d *PCIDevice, dir *sysfs.Dir, have map[string]bool, pf
 			n.Partial = true
 		}
 		n.RDMA = names
-		chars := s.functionCharDevs(dir, real, have, names, w)
+		// A lean VF's one RDMA device: its character devices come from the
+		// class links after the scan (3 readlinks, not 4 directory reads).
+		classChars := lean && len(names) == 1
+		var chars map[string][]string
+		if !classChars {
+			chars = s.functionCharDevs(dir, real, have, names, w)
+		}
 		for _, name := range names {
 			r := &RDMADevice{Name: name, PCI: n.BDF}
 			if lean {
@@ -435,6 +441,7 @@ func (s *Scanner) readNIC(d *PCIDevice, dir *sysfs.Dir, have map[string]bool, pf
 				r.Netdev = n.Netdevs[0].Name // IPoIB: the netdev of the same function
 			}
 			r.CharDevs = chars[name]
+			r.classChars = classChars
 			n.rdma = append(n.rdma, r)
 		}
 	}

@@ -89,6 +89,9 @@ type RDMADevice struct {
 	Ports    []RDMAPort `json:"ports,omitempty"`
 	CharDevs []string   `json:"charDevs,omitempty"` // container paths: /dev/infiniband/uverbs0, umad0, issm0
 	Partial  bool       `json:"partial,omitempty"`
+	// classChars: a lean scan finds CharDevs through the class links (one
+	// readlink each) rather than in the function's directories.
+	classChars bool
 }
 
 // RDMAPort is one port of an RDMA device.
