@@ -158,17 +158,8 @@ func TestPreferredMatchesReference(t *testing.T) {
 // holds every must-include device, sits on as few NUMA nodes as possible,
 // and spreads over distinct rails and PFs; ties go to the lower ID.
 func referencePreferred(byID map[string]*Device, available, must []string, size int) ([]string, error) {
-	if size < len(must) {
-		return nil, fmt.Errorf("allocation size %d is smaller than the %d must-include devices", size, len(must))
-	}
-	if size > len(available) {
-		return nil, fmt.Errorf("allocation size %d exceeds the %d available devices", size, len(available))
-	}
-	for _, d := range byID {
-		if !d.indexed {
-			indexDevices(byID)
-		}
-		break
+	if err := preferredArgs(byID, available, must, size); err != nil {
+		return nil, err
 	}
 	chosen := make([]string, 0, size)
 	taken := make([]bool, len(byID)) // by ord

@@ -397,6 +397,24 @@ func indexDevices(byID map[string]*Device) {
 	}
 }
 
+// preferredArgs checks a request's sizes and indexes the pool if it
+// changed since.
+func preferredArgs(byID map[string]*Device, available, must []string, size int) error {
+	if size < len(must) {
+		return fmt.Errorf("allocation size %d is smaller than the %d must-include devices", size, len(must))
+	}
+	if size > len(available) {
+		return fmt.Errorf("allocation size %d exceeds the %d available devices", size, len(available))
+	}
+	for _, d := range byID {
+		if !d.indexed {
+			indexDevices(byID)
+		}
+		break
+	}
+	return nil
+}
+
 // preferred is the selection behind GetPreferredAllocation: a set that
 // holds every must-include device, sits on as few NUMA nodes as possible,
 // and spreads over distinct rails and PFs; ties go to the lower ID.
@@ -407,17 +425,8 @@ func indexDevices(byID map[string]*Device) {
 // picked group's, not every candidate (kubelet asks with a pool's every
 // free device, a thousand or more).
 func preferred(byID map[string]*Device, available, must []string, size int) ([]string, error) {
-	if size < len(must) {
-		return nil, fmt.Errorf("allocation size %d is smaller than the %d must-include devices", size, len(must))
-	}
-	if size > len(available) {
-		return nil, fmt.Errorf("allocation size %d exceeds the %d available devices", size, len(available))
-	}
-	for _, d := range byID {
-		if !d.indexed {
-			indexDevices(byID)
-		}
-		break
+	if err := preferredArgs(byID, available, must, size); err != nil {
+		return nil, err
 	}
 	chosen := make([]string, 0, size)
 	taken := make([]bool, len(byID)) // by ord
