@@ -134,6 +134,7 @@ func (s *Scanner) Scan() (*Inventory, error) {
 			inv.GPUs = append(inv.GPUs, r.gpu)
 		}
 	}
+	s.namesFromClass(inv, w)
 	s.linkVFs(inv, w)
 	inheritPorts(inv)
 	s.scanRDMA(inv, w)
@@ -394,17 +395,17 @@ func (s *Scanner) readNIC(d *PCIDevice, dir *sysfs.Dir, have map[string]bool, pf
 		// A VF passed through to a VM: no physfn, its PF lives on the host.
 		n.Kind = KindVF
 	}
-	if have["net"] {
+	// A lean VF's netdev and RDMA names come from the class links after
+	// the scan (namesFromClass): a readlink each, not a directory listing
+	// (four syscalls) each.
+	n.classNet, n.classRDMA = lean && have["net"], lean && have["infiniband"]
+	if have["net"] && !lean {
 		names, err := dir.ReadNames("net")
 		if err != nil {
 			w.add(s.full(real+"/net"), err)
 			n.Partial = true
 		}
 		for _, name := range names {
-			if lean {
-				n.Netdevs = append(n.Netdevs, Netdev{Name: name})
-				continue
-			}
 			n.Netdevs = append(n.Netdevs, s.readNetdev(dir, real, "net/"+name, name, n.Kind == KindPF, w))
 		}
 	}
@@ -416,36 +417,113 @@ func (s *Scanner) readNIC(d *PCIDevice, dir *sysfs.Dir, have map[string]bool, pf
 			n.LinkType = LinkInfiniBand
 		}
 	}
-	if have["infiniband"] {
+	if have["infiniband"] && !lean {
 		names, err := dir.ReadNames("infiniband")
 		if err != nil {
 			w.add(s.full(real+"/infiniband"), err)
 			n.Partial = true
 		}
-		n.RDMA = names
-		// A lean VF's one RDMA device: its character devices come from the
-		// class links after the scan (3 readlinks, not 4 directory reads).
-		classChars := lean && len(names) == 1
-		var chars map[string][]string
-		if !classChars {
-			chars = s.functionCharDevs(dir, real, have, names, w)
-		}
-		for _, name := range names {
-			r := &RDMADevice{Name: name, PCI: n.BDF}
-			if lean {
-				n.leanPorts = true
-			} else {
-				s.readRDMA(r, dir, real, "infiniband/"+name, w)
-			}
-			if r.Netdev == "" && len(n.Netdevs) == 1 {
-				r.Netdev = n.Netdevs[0].Name // IPoIB: the netdev of the same function
-			}
-			r.CharDevs = chars[name]
-			r.classChars = classChars
-			n.rdma = append(n.rdma, r)
-		}
+		s.addRDMA(n, dir, have, names, false, w)
 	}
 	return n
+}
+
+// addRDMA gives n its RDMA devices, names. Lean (a VF's): ports are its
+// PF's, and one device's character devices come from the class links
+// after the scan (3 readlinks, not 4 directory reads).
+func (s *Scanner) addRDMA(n *NIC, dir *sysfs.Dir, have map[string]bool, names []string, lean bool, w *warnings) {
+	real := n.Path
+	n.RDMA = names
+	classChars := lean && len(names) == 1
+	var chars map[string][]string
+	if !classChars {
+		chars = s.functionCharDevs(dir, real, have, names, w)
+	}
+	for _, name := range names {
+		r := &RDMADevice{Name: name, PCI: n.BDF}
+		if lean {
+			n.leanPorts = true
+		} else {
+			s.readRDMA(r, dir, real, "infiniband/"+name, w)
+		}
+		if r.Netdev == "" && len(n.Netdevs) == 1 {
+			r.Netdev = n.Netdevs[0].Name // IPoIB: the netdev of the same function
+		}
+		r.CharDevs = chars[name]
+		r.classChars = classChars
+		n.rdma = append(n.rdma, r)
+	}
+}
+
+// namesFromClass gives lean VFs their netdev and RDMA device names from
+// class/net and class/infiniband: each link names its function
+// (…/<BDF>/net/<name>).
+func (s *Scanner) namesFromClass(inv *Inventory, w *warnings) {
+	var net, ib bool
+	for _, n := range inv.NICs {
+		net, ib = net || n.classNet, ib || n.classRDMA
+	}
+	byFunction := func(class string) map[string][]string {
+		links, escaped, err := s.sys.ReadLinks("class/" + class)
+		if err != nil {
+			w.add(s.full("class/"+class), err)
+			return nil
+		}
+		for _, e := range escaped {
+			w.add(pathOf(e), e)
+		}
+		out := map[string][]string{}
+		for name, t := range links {
+			if path.Base(path.Dir(t)) == class { // not a virtual device's
+				fn := path.Base(path.Dir(path.Dir(t)))
+				out[fn] = append(out[fn], name)
+			}
+		}
+		for _, names := range out {
+			slices.Sort(names)
+		}
+		return out
+	}
+	if net {
+		nets := byFunction("net")
+		for _, n := range inv.NICs {
+			if n.classNet {
+				for _, name := range nets[n.BDF] {
+					n.Netdevs = append(n.Netdevs, Netdev{Name: name})
+				}
+			}
+		}
+	}
+	if !ib {
+		return
+	}
+	ibs := byFunction("infiniband")
+	for _, n := range inv.NICs {
+		if !n.classRDMA {
+			continue
+		}
+		names := ibs[n.BDF]
+		var dir *sysfs.Dir
+		var have map[string]bool
+		if len(names) > 1 { // their character devices: from the function's directory
+			d, err := s.sys.OpenDir(n.Path)
+			if err != nil {
+				w.add(s.full(n.Path), err)
+				n.Partial = true
+				continue
+			}
+			dir, have = d, map[string]bool{}
+			if present, err := d.Which(".", functionEntries); err == nil {
+				for i, ok := range present {
+					have[functionEntries[i]] = ok
+				}
+			}
+		}
+		s.addRDMA(n, dir, have, names, true, w)
+		if dir != nil {
+			dir.Close()
+		}
+	}
 }
 
 // functionCharDevs maps the function's RDMA devices to the uverbsN, umadN

@@ -57,6 +57,9 @@ type NIC struct {
 	// leanPorts: a lean scan did not read this VF's RDMA ports; they are
 	// its PF's (inheritPorts).
 	leanPorts bool
+	// classNet, classRDMA: a lean scan takes this VF's netdev and RDMA
+	// names from the class links (namesFromClass).
+	classNet, classRDMA bool
 }
 
 // SRIOV is a PF's SR-IOV state.
