@@ -14,7 +14,7 @@ import (
 // scanRDMA collects the RDMA devices read with their PCI functions, adds
 // the virtual ones of /sys/class/infiniband (rxe, siw), and checks their
 // character devices in devfs.
-func (s *Scanner) scanRDMA(inv *Inventory, w *warnings) {
+func (s *Scanner) scanRDMA(inv *Inventory, w *warnings, cl *classLinks) {
 	for _, n := range inv.NICs {
 		inv.RDMA = append(inv.RDMA, n.rdma...)
 	}
@@ -51,7 +51,7 @@ func (s *Scanner) scanRDMA(inv *Inventory, w *warnings) {
 		}
 	}
 	if slices.ContainsFunc(inv.RDMA, func(r *RDMADevice) bool { return r.classChars }) {
-		byFn := s.charDevsByFunction(w)
+		byFn := s.charDevsByFunction(w, cl)
 		for _, r := range inv.RDMA {
 			if r.classChars {
 				r.CharDevs = byFn[r.PCI]
@@ -211,10 +211,10 @@ func (s *Scanner) classCharDevs(w *warnings) map[string][]string {
 // charDevsByFunction maps PCI functions to the character devices whose
 // class links name them (…/<BDF>/infiniband_verbs/uverbs3): one readlink
 // per device node.
-func (s *Scanner) charDevsByFunction(w *warnings) map[string][]string {
+func (s *Scanner) charDevsByFunction(w *warnings, cl *classLinks) map[string][]string {
 	out := map[string][]string{}
 	for _, class := range []string{"infiniband_verbs", "infiniband_mad"} {
-		links, escaped, err := s.sys.ReadLinks("class/" + class)
+		links, escaped, err := cl.get(s, class)
 		if err != nil {
 			continue
 		}

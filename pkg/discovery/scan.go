@@ -99,6 +99,12 @@ func (s *Scanner) Scan() (*Inventory, error) {
 		sh.index[n] = i
 		sh.pf[i].ready = make(chan struct{})
 	}
+	// A lean scan reads the class links beside the functions.
+	var cl *classLinks
+	if s.lean {
+		cl = s.prefetch("net", "infiniband", "infiniband_verbs", "infiniband_mad")
+		defer cl.wait() // none outlives the scan (its FS may be closed next)
+	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(max(1, s.workers), len(names)) {
@@ -134,10 +140,10 @@ func (s *Scanner) Scan() (*Inventory, error) {
 			inv.GPUs = append(inv.GPUs, r.gpu)
 		}
 	}
-	s.namesFromClass(inv, w)
+	s.namesFromClass(inv, w, cl)
 	s.linkVFs(inv, w)
 	inheritPorts(inv)
-	s.scanRDMA(inv, w)
+	s.scanRDMA(inv, w, cl)
 	for i, g := range inv.GPUs {
 		g.Index = i
 		g.Name = "GPU" + strconv.Itoa(i)
@@ -455,16 +461,63 @@ func (s *Scanner) addRDMA(n *NIC, dir *sysfs.Dir, have map[string]bool, names []
 	}
 }
 
+// classLinks are class directories' links, read in the background.
+type classLinks struct {
+	m map[string]*classRead
+}
+
+type classRead struct {
+	done    chan struct{}
+	links   map[string]string
+	escaped []error
+	err     error
+}
+
+// prefetch starts reading class/<class>/* links for each class.
+func (s *Scanner) prefetch(classes ...string) *classLinks {
+	cl := &classLinks{m: make(map[string]*classRead, len(classes))}
+	for _, c := range classes {
+		r := &classRead{done: make(chan struct{})}
+		cl.m[c] = r
+		go func() {
+			defer close(r.done)
+			r.links, r.escaped, r.err = s.sys.ReadLinks("class/" + c)
+		}()
+	}
+	return cl
+}
+
+// get is ReadLinks of class/<class>, prefetched if cl has it.
+func (cl *classLinks) get(s *Scanner, class string) (map[string]string, []error, error) {
+	if cl != nil {
+		if r := cl.m[class]; r != nil {
+			<-r.done
+			return r.links, r.escaped, r.err
+		}
+	}
+	return s.sys.ReadLinks("class/" + class)
+}
+
+// wait lets every background read finish (a scan leaves none behind).
+func (cl *classLinks) wait() {
+	if cl == nil {
+		return
+	}
+	for _, r := range cl.m {
+		<-r.done
+	}
+}
+
 // namesFromClass gives lean VFs their netdev and RDMA device names from
 // class/net and class/infiniband: each link names its function
 // (…/<BDF>/net/<name>).
-func (s *Scanner) namesFromClass(inv *Inventory, w *warnings) {
+func (s *Scanner) namesFromClass(inv *Inventory, w *warnings, cl *classLinks) {
 	var net, ib bool
 	for _, n := range inv.NICs {
 		net, ib = net || n.classNet, ib || n.classRDMA
 	}
 	byFunction := func(class string) map[string][]string {
-		links, escaped, err := s.sys.ReadLinks("class/" + class)
+		links, escaped, err := cl.get(s, class)
 		if err != nil {
 			w.add(s.full("class/"+class), err)
 			return nil
