@@ -143,7 +143,19 @@ func TestRegistersEveryPoolAndServesIt(t *testing.T) {
 	if len(list) != 8 || list[0].ID != "0000:18:00.1" || list[0].Health != pluginapi.Healthy || list[0].Topology.Nodes[0].ID != 0 {
 		t.Fatalf("rail0 list: %v", list)
 	}
-	// Device-info files for every advertised device, 0444, spec 1.1.0.
+	// Device-info files for every advertised device, 0444, spec 1.1.0:
+	// written once the pools serve and register, so not necessarily yet.
+	want := 4*8 + 4 + 2*4 + 6 // rails: 4 HCAs x 8 VFs + 4 PFs without VFs; hca 2 x 4 slots; storage 2+4
+	var files []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		files, _ = filepath.Glob(filepath.Join(e.devinfo, "*.json"))
+		if len(files) >= want || time.Now().After(deadline) {
+			break
+		}
+	}
+	if len(files) != want {
+		t.Errorf("%d device-info files, want %d", len(files), want)
+	}
 	f := filepath.Join(e.devinfo, "railnet.io-rail0-0000:18:00.1-device.json")
 	st, err := os.Stat(f)
 	if err != nil || st.Mode().Perm() != 0o444 {
@@ -153,10 +165,6 @@ func TestRegistersEveryPoolAndServesIt(t *testing.T) {
 	if err != nil || info.Version != "1.1.0" || info.Type != "pci" || info.PCI.PCIAddress != "0000:18:00.1" ||
 		info.PCI.RDMADevice != "mlx5_12" || info.PCI.PFPCIAddress != "0000:18:00.0" {
 		t.Errorf("device-info = %+v %+v, %v", info, info.PCI, err)
-	}
-	files, _ := filepath.Glob(filepath.Join(e.devinfo, "*.json"))
-	if len(files) != 4*8+4+2*4+6 { // rails: 4 HCAs x 8 VFs + 4 PFs without VFs; hca 2 x 4 slots; storage 2+4
-		t.Errorf("%d device-info files", len(files))
 	}
 	// A rescan that changes nothing rewrites no device-info file.
 	before, _ := os.Stat(f)

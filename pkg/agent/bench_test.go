@@ -92,16 +92,17 @@ func BenchmarkGetPreferredAllocation(b *testing.B) {
 // holding every registration, scan of vf-scale included: one pool of all
 // 1,016 VFs, and 8 rail pools.
 func BenchmarkStartToRegistered(b *testing.B) {
-	b.Run("one-pool", func(b *testing.B) { startToRegistered(b, vfScaleConfig, "railnet.io/vf") })
+	b.Run("one-pool", func(b *testing.B) { startToRegistered(b, "vf-scale", vfScaleConfig, "railnet.io/vf") })
+	b.Run("one-pool-4096", func(b *testing.B) { startToRegistered(b, "vf-scale-4096", vfScaleConfig, "railnet.io/vf") })
 	rails := []string{}
 	for i := range 8 {
 		rails = append(rails, fmt.Sprintf("railnet.io/rail%d", i))
 	}
-	b.Run("8-rails", func(b *testing.B) { startToRegistered(b, `{"railPools": true}`, rails...) })
+	b.Run("8-rails", func(b *testing.B) { startToRegistered(b, "vf-scale", `{"railPools": true}`, rails...) })
 }
 
-func startToRegistered(b *testing.B, config string, resources ...string) {
-	_, tree := fakesystest.Build(b, "vf-scale")
+func startToRegistered(b *testing.B, fixture, config string, resources ...string) {
+	_, tree := fakesystest.Build(b, fixture)
 	base := fakesystest.TempDir(b)
 	cfg := filepath.Join(base, "c.json")
 	os.WriteFile(cfg, []byte(config), 0o644)

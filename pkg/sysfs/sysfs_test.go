@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -264,5 +265,20 @@ func TestDirListsItselfTwice(t *testing.T) {
 		sub.Close()
 		d.Close()
 		fs.Close()
+	}
+}
+
+// TestJoinLinkIsPathJoin: the fast join of a link's target equals
+// path.Join for sysfs's shapes and for odd ones.
+func TestJoinLinkIsPathJoin(t *testing.T) {
+	dirs := []string{"", "class/net", "bus/pci/devices", "a", "a/b/c/d", "class/../net", "./x"}
+	targets := []string{"../../devices/pci0000:00/0000:00:01.0/net/eth0", "../../../devices/pci0000:15/0000:16:00.0", "x", "../x",
+		"../../../../../../x", "../..", "..", "../", "/abs/x", "../a//b", "../a/./b", "../a/../b", "../a/", "./a", "../.", "../a/.", "../a/..", "."}
+	for _, d := range dirs {
+		for _, tg := range targets {
+			if got, want := joinLink(d, tg), path.Join(d, tg); got != want {
+				t.Errorf("joinLink(%q, %q) = %q, path.Join says %q", d, tg, got, want)
+			}
+		}
 	}
 }
