@@ -214,20 +214,12 @@ func (s *Scanner) classCharDevs(w *warnings) map[string][]string {
 func (s *Scanner) charDevsByFunction(w *warnings, cl *classLinks) map[string][]string {
 	out := map[string][]string{}
 	for _, class := range []string{"infiniband_verbs", "infiniband_mad"} {
-		links, escaped, err := cl.get(s, class)
+		m, err := s.byFunction(cl, class, w)
 		if err != nil {
-			continue
+			continue // no such class: "no uverbs device" says it below
 		}
-		for _, e := range escaped {
-			w.add(pathOf(e), e)
-		}
-		for n, t := range links {
-			if path.Base(path.Dir(t)) != class {
-				w.add(s.full("class/"+class+"/"+n), fmt.Errorf("unexpected location %s", t))
-				continue
-			}
-			fn := path.Base(path.Dir(path.Dir(t)))
-			out[fn] = append(out[fn], n)
+		for fn, names := range m {
+			out[fn] = append(out[fn], names...)
 		}
 	}
 	return out

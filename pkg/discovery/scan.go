@@ -160,7 +160,8 @@ func (s *Scanner) Scan() (*Inventory, error) {
 		}
 		return strings.Compare(a.Msg, b.Msg)
 	})
-	inv.Warnings = w.list
+	// One fault can be met twice (a class link read for two purposes).
+	inv.Warnings = slices.Compact(w.list)
 	return inv, nil
 }
 
@@ -508,6 +509,32 @@ func (cl *classLinks) wait() {
 	}
 }
 
+// byFunction maps PCI functions to the names in class/<class> whose links
+// lead below them (…/<BDF>/<class>/<name>; a virtual device's parent is
+// "virtual"), each function's names sorted.
+func (s *Scanner) byFunction(cl *classLinks, class string, w *warnings) (map[string][]string, error) {
+	links, escaped, err := cl.get(s, class)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range escaped {
+		w.add(pathOf(e), e)
+	}
+	out := map[string][]string{}
+	for name, t := range links {
+		if path.Base(path.Dir(t)) != class {
+			w.add(s.full("class/"+class+"/"+name), fmt.Errorf("unexpected location %s", t))
+			continue
+		}
+		fn := path.Base(path.Dir(path.Dir(t)))
+		out[fn] = append(out[fn], name)
+	}
+	for _, names := range out {
+		slices.Sort(names)
+	}
+	return out, nil
+}
+
 // namesFromClass gives lean VFs their netdev and RDMA device names from
 // class/net and class/infiniband: each link names its function
 // (…/<BDF>/net/<name>).
@@ -516,29 +543,11 @@ func (s *Scanner) namesFromClass(inv *Inventory, w *warnings, cl *classLinks) {
 	for _, n := range inv.NICs {
 		net, ib = net || n.classNet, ib || n.classRDMA
 	}
-	byFunction := func(class string) map[string][]string {
-		links, escaped, err := cl.get(s, class)
-		if err != nil {
-			w.add(s.full("class/"+class), err)
-			return nil
-		}
-		for _, e := range escaped {
-			w.add(pathOf(e), e)
-		}
-		out := map[string][]string{}
-		for name, t := range links {
-			if path.Base(path.Dir(t)) == class { // not a virtual device's
-				fn := path.Base(path.Dir(path.Dir(t)))
-				out[fn] = append(out[fn], name)
-			}
-		}
-		for _, names := range out {
-			slices.Sort(names)
-		}
-		return out
-	}
 	if net {
-		nets := byFunction("net")
+		nets, err := s.byFunction(cl, "net", w)
+		if err != nil {
+			w.add(s.full("class/net"), err)
+		}
 		for _, n := range inv.NICs {
 			if n.classNet {
 				for _, name := range nets[n.BDF] {
@@ -550,7 +559,10 @@ func (s *Scanner) namesFromClass(inv *Inventory, w *warnings, cl *classLinks) {
 	if !ib {
 		return
 	}
-	ibs := byFunction("infiniband")
+	ibs, err := s.byFunction(cl, "infiniband", w)
+	if err != nil {
+		w.add(s.full("class/infiniband"), err)
+	}
 	for _, n := range inv.NICs {
 		if !n.classRDMA {
 			continue
