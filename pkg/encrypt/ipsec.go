@@ -176,11 +176,6 @@ func (d *deriver) materials(s []sa) {
 	}
 }
 
-func (d *deriver) material(s *sa) {
-	e := d.get(keys.SPIKeyID(s.spi))
-	s.material = e.Derive(s.src, s.dst)
-}
-
 func (d *deriver) wipe() {
 	for _, e := range d.by {
 		e.Wipe()
@@ -263,7 +258,6 @@ func (c IPsec) Sync(ns netns.NsHandle, set *keys.Set, now time.Time) (Report, er
 				err = fmt.Errorf("%w (a device must offload ESN sequence numbers, which railnet uses: the kernel asks its driver to advance them)", err)
 			}
 			if c.Offload == OffloadRequired {
-				wipe(adds)
 				return rep, fmt.Errorf("%w: %v", ErrOffload, err)
 			}
 			rep.OffloadRefused = err
@@ -326,12 +320,6 @@ func (c IPsec) Sync(ns netns.NsHandle, set *keys.Set, now time.Time) (Report, er
 	}
 	rep.Removed = len(dels)
 	return rep, nil
-}
-
-func wipe(s []sa) {
-	for i := range s {
-		clear(s[i].material)
-	}
 }
 
 // offloaded says why the SA s is not offloaded (nil: it is).
