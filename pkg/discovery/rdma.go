@@ -23,8 +23,9 @@ func (s *Scanner) scanRDMA(inv *Inventory, w *warnings, cl *classLinks) {
 		known[r.Name] = true
 	}
 	// The class's other devices (rxe, siw: no PCI function of their own);
-	// the PCI functions' are known already and their links not read.
-	links, escaped, err := s.sys.ReadLinksOf("class/infiniband", func(name string) bool { return !known[name] })
+	// the PCI functions' are known already and their links not read (a
+	// lean scan has read them all beside the functions).
+	links, escaped, err := cl.get(s, "infiniband", func(name string) bool { return !known[name] })
 	if err == nil {
 		for _, e := range escaped {
 			w.add(pathOf(e), e)

@@ -488,15 +488,16 @@ func (s *Scanner) prefetch(classes ...string) *classLinks {
 	return cl
 }
 
-// get is ReadLinks of class/<class>, prefetched if cl has it.
-func (cl *classLinks) get(s *Scanner, class string) (map[string]string, []error, error) {
+// get is ReadLinksOf(class/<class>, want): the prefetched links if cl has
+// them (every one: callers skip what they do not want).
+func (cl *classLinks) get(s *Scanner, class string, want func(name string) bool) (map[string]string, []error, error) {
 	if cl != nil {
 		if r := cl.m[class]; r != nil {
 			<-r.done
 			return r.links, r.escaped, r.err
 		}
 	}
-	return s.sys.ReadLinks("class/" + class)
+	return s.sys.ReadLinksOf("class/"+class, want)
 }
 
 // wait lets every background read finish (a scan leaves none behind).
@@ -513,7 +514,7 @@ func (cl *classLinks) wait() {
 // lead below them (…/<BDF>/<class>/<name>; a virtual device's parent is
 // "virtual"), each function's names sorted.
 func (s *Scanner) byFunction(cl *classLinks, class string, w *warnings) (map[string][]string, error) {
-	links, escaped, err := cl.get(s, class)
+	links, escaped, err := cl.get(s, class, nil)
 	if err != nil {
 		return nil, err
 	}
