@@ -20,7 +20,6 @@ import (
 	"github.com/railnet/railnet/pkg/deviceplugin/kubelettest"
 	"github.com/railnet/railnet/pkg/fakesys"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
-	"github.com/railnet/railnet/pkg/sysfs"
 )
 
 const h100Config = `{
@@ -57,21 +56,13 @@ func start(t testing.TB, fixture, config string) *env {
 		t.Fatal(err)
 	}
 	e.kubelet = kubelettest.Start(t, kdir)
-	sys, err := sysfs.New(tree.Sys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { sys.Close() })
-	dev, err := sysfs.New(tree.Dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { dev.Close() })
+	sys, dev := fakesystest.Open(t, tree)
 	metrics := deviceplugin.NewMetrics()
 	e.metrics = metrics
 	e.cdi = filepath.Join(base, "cdi")
 	e.mgr = deviceplugin.NewManager(deviceplugin.Options{KubeletDir: kdir, DevInfoDir: e.devinfo, CDI: true, CDIDir: e.cdi,
 		DevfsRoot: tree.Dev, Metrics: metrics, RegisterBackoff: 20 * time.Millisecond, RegisterBackoffMax: 200 * time.Millisecond})
+	var err error
 	e.agent, err = agent.New(agent.Options{ConfigPath: e.cfg, Sys: sys, Dev: dev, Manager: e.mgr, Metrics: metrics,
 		RescanInterval: time.Hour, MinInterval: 10 * time.Millisecond})
 	if err != nil {
@@ -377,10 +368,7 @@ func doctorFindings(t *testing.T, e *env) []string {
 // scan.
 func TestDoctorLogsNewFindingsOnce(t *testing.T) {
 	_, tree := fakesystest.Build(t, "doctor-planted")
-	sys, _ := sysfs.New(tree.Sys)
-	defer sys.Close()
-	dev, _ := sysfs.New(tree.Dev)
-	defer dev.Close()
+	sys, dev := fakesystest.Open(t, tree)
 	var logs lockedBuffer
 	kdir := t.TempDir()
 	mgr := deviceplugin.NewManager(deviceplugin.Options{KubeletDir: kdir, DevInfoDir: "-"})

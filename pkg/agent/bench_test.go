@@ -15,7 +15,6 @@ import (
 	"github.com/railnet/railnet/pkg/deviceplugin"
 	"github.com/railnet/railnet/pkg/deviceplugin/kubelettest"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
-	"github.com/railnet/railnet/pkg/sysfs"
 )
 
 const vfScaleConfig = `{"pools":[{"name":"vf","selectors":{"linkTypes":["ether"],"vendors":["15b3"],"devices":["101e"]}}]}`
@@ -106,10 +105,7 @@ func startToRegistered(b *testing.B, fixture, config string, resources ...string
 	base := fakesystest.TempDir(b)
 	cfg := filepath.Join(base, "c.json")
 	os.WriteFile(cfg, []byte(config), 0o644)
-	sys, _ := sysfs.New(tree.Sys)
-	defer sys.Close()
-	dev, _ := sysfs.New(tree.Dev)
-	defer dev.Close()
+	sys, dev := fakesystest.Open(b, tree)
 	b.ResetTimer()
 	for i := 0; b.Loop(); i++ {
 		kdir := filepath.Join(base, "k", string(rune('a'+i%26))+time.Now().Format("150405.000000000"))

@@ -27,17 +27,7 @@ func BenchmarkScanVFScale(b *testing.B) {
 
 func scanBench(b *testing.B, fixture string, nics int, lean bool, opts []sysfs.Option) {
 	_, tree := fakesystest.Build(b, fixture)
-	sys, err := sysfs.New(tree.Sys, opts...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer sys.Close()
-	dev, err := sysfs.New(tree.Dev, opts...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer dev.Close()
-	s := discovery.NewScanner(sys, dev)
+	s := discovery.NewScanner(fakesystest.Open(b, tree, opts...))
 	if lean {
 		s = s.Lean()
 	}

@@ -12,22 +12,12 @@ import (
 	"github.com/railnet/railnet/pkg/fakesys"
 	"github.com/railnet/railnet/pkg/fakesys/fakesystest"
 	"github.com/railnet/railnet/pkg/pools"
-	"github.com/railnet/railnet/pkg/sysfs"
 	"github.com/railnet/railnet/pkg/topology"
 )
 
 func run(t testing.TB, tree fakesys.Tree, cfg *pools.Config) []doctor.Finding {
 	t.Helper()
-	sys, err := sysfs.New(tree.Sys)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sys.Close()
-	dev, err := sysfs.New(tree.Dev)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
+	sys, dev := fakesystest.Open(t, tree)
 	inv, err := discovery.NewScanner(sys, dev).Scan()
 	if err != nil {
 		t.Fatal(err)
@@ -164,10 +154,7 @@ func TestACSControl(t *testing.T) {
 
 func BenchmarkDoctorVFScale(b *testing.B) {
 	_, tree := fakesystest.Build(b, "vf-scale")
-	sys, _ := sysfs.New(tree.Sys)
-	defer sys.Close()
-	dev, _ := sysfs.New(tree.Dev)
-	defer dev.Close()
+	sys, dev := fakesystest.Open(b, tree)
 	b.Run("inventory", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := discovery.NewScanner(sys, dev).Scan(); err != nil {

@@ -93,21 +93,28 @@ func OneNIC(tb testing.TB, nic fakesys.Node) fakesys.Tree {
 	return tree
 }
 
+// Open opens a materialized tree's sys and dev roots, closed when the
+// test ends.
+func Open(tb testing.TB, tree fakesys.Tree, opts ...sysfs.Option) (sys, dev *sysfs.FS) {
+	tb.Helper()
+	sys, err := sysfs.New(tree.Sys, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { sys.Close() })
+	dev, err = sysfs.New(tree.Dev, opts...)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { dev.Close() })
+	return sys, dev
+}
+
 // Scan reads a materialized tree's inventory, in full or lean (the
 // daemon's scan).
 func Scan(tb testing.TB, tree fakesys.Tree, lean bool) *discovery.Inventory {
 	tb.Helper()
-	sys, err := sysfs.New(tree.Sys)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer sys.Close()
-	dev, err := sysfs.New(tree.Dev)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer dev.Close()
-	s := discovery.NewScanner(sys, dev)
+	s := discovery.NewScanner(Open(tb, tree))
 	if lean {
 		s = s.Lean()
 	}
