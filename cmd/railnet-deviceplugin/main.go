@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/klog/v2"
@@ -32,6 +31,7 @@ import (
 	"github.com/railnet/railnet/pkg/deviceplugin"
 	"github.com/railnet/railnet/pkg/dra"
 	"github.com/railnet/railnet/pkg/dra/claims"
+	"github.com/railnet/railnet/pkg/dra/kubeapi"
 	"github.com/railnet/railnet/pkg/keys"
 	"github.com/railnet/railnet/pkg/pools"
 	"github.com/railnet/railnet/pkg/sysfs"
@@ -317,11 +317,11 @@ func startDRA(ctx context.Context, f *flags, log *slog.Logger) (*dra.Driver, err
 		return nil, fmt.Errorf("DRA driver: Kubernetes API: %w", err)
 	}
 	cfg.UserAgent = "railnet-deviceplugin/" + version
-	client, err := kubernetes.NewForConfig(cfg)
+	client, err := kubeapi.New(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("DRA driver: %w", err)
 	}
-	// The helper logs through klog: into ours.
+	// client-go's transport logs through klog: into ours.
 	klog.SetSlogLogger(log)
 	drv := dra.New(dra.Options{NodeName: f.nodeName, Client: client, ClaimsDir: claims.Dir(f.cniStateDir), CDIDir: f.cdiDir,
 		DevfsRoot: f.dev, RegistrarDir: f.draRegistrarDir, PluginDir: f.draPluginDir, Logger: log})

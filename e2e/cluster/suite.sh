@@ -494,6 +494,9 @@ until_ok 30 no_dra_state || fail "after ext-a: checkpoints $(dra_checkpoints), C
 # claim status, nothing else.
 sa=(--as=system:serviceaccount:railnet-system:railnet-node)
 can yes create resourceslices.resource.k8s.io "" "${sa[@]}"
+can no watch resourceslices.resource.k8s.io "" "${sa[@]}"
+can yes update resourceclaims.resource.k8s.io default "${sa[@]}" --subresource=status
+can no patch resourceclaims.resource.k8s.io default "${sa[@]}" --subresource=status
 can yes get resourceclaims.resource.k8s.io default "${sa[@]}"
 can no update resourceclaims.resource.k8s.io default "${sa[@]}"
 can no get secrets railnet-system "${sa[@]}"

@@ -8,10 +8,9 @@ import (
 	"testing"
 
 	resourceapi "k8s.io/api/resource/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/railnet/railnet/pkg/dra/claims"
+	"github.com/railnet/railnet/pkg/dra/kubeapi/kubeapitest"
 	"github.com/railnet/railnet/pkg/state"
 )
 
@@ -22,8 +21,8 @@ func TestStaleCheckpoints(t *testing.T) {
 	s := scan(t, "dgx-h100-like")
 	ps := everyNIC(t, s, "")
 	dir := t.TempDir()
-	client := fake.NewClientset()
-	o := Options{NodeName: "n", ClaimsDir: filepath.Join(dir, "dra"), CDIDir: filepath.Join(dir, "cdi"), Client: client}
+	srv := kubeapitest.Start(t)
+	o := Options{NodeName: "n", ClaimsDir: filepath.Join(dir, "dra"), CDIDir: filepath.Join(dir, "cdi"), Client: srv.Client(t)}
 	d := New(o)
 	d.Publish(ps, s.inv, s.topo)
 	pool := PoolName("n", "all")
@@ -35,9 +34,7 @@ func TestStaleCheckpoints(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if _, err := client.ResourceV1().ResourceClaims("ns").Create(context.Background(), kept, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	srv.AddClaim(kept)
 	// A new claim for the device the vanished claim held: prepared.
 	if _, err := d.Prepare(allocated("uid-new", "new", []string{"p3"}, result("nic", pool, a))); err != nil {
 		t.Fatalf("a device held by a claim that is gone: %v", err)
@@ -66,7 +63,8 @@ func TestNetworkData(t *testing.T) {
 	dir := t.TempDir()
 	c := allocated("uid-1", "pod-nic", []string{"p1"}, result("nic", "n/all", "pci-0000-04-00-2"))
 	c.Status.Devices = []resourceapi.AllocatedDeviceStatus{{Driver: "gpu.example.com", Pool: "x", Device: "gpu-0"}}
-	client := fake.NewClientset(c)
+	srv := kubeapitest.Start(t)
+	srv.AddClaim(c)
 	store, err := state.Open(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -77,14 +75,8 @@ func TestNetworkData(t *testing.T) {
 	if err := store.Save(rec); err != nil {
 		t.Fatal(err)
 	}
-	nd := &NetworkData{Driver: New(Options{Client: client}), StateDir: dir}
-	get := func() []resourceapi.AllocatedDeviceStatus {
-		got, err := client.ResourceV1().ResourceClaims("ns").Get(context.Background(), "pod-nic", metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		return got.Status.Devices
-	}
+	nd := &NetworkData{Driver: New(Options{Client: srv.Client(t)}), StateDir: dir}
+	get := func() []resourceapi.AllocatedDeviceStatus { return srv.Claim("ns", "pod-nic").Status.Devices }
 	nd.Sync(context.Background())
 	if devs := get(); len(devs) != 1 {
 		t.Fatalf("written before ADD was done: %+v", devs)

@@ -17,16 +17,13 @@ import (
 
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
-	"k8s.io/client-go/kubernetes"
-	"k8s.io/dynamic-resource-allocation/kubeletplugin"
-	"k8s.io/dynamic-resource-allocation/resourceslice"
 
 	"github.com/railnet/railnet/pkg/deviceinfo"
 	"github.com/railnet/railnet/pkg/deviceplugin"
 	"github.com/railnet/railnet/pkg/discovery"
 	"github.com/railnet/railnet/pkg/dra/claims"
+	"github.com/railnet/railnet/pkg/dra/kubeapi"
 	"github.com/railnet/railnet/pkg/pools"
 	"github.com/railnet/railnet/pkg/topology"
 )
@@ -46,13 +43,13 @@ const CDIKind = DriverName + "/claim"
 // Options configure a Driver.
 type Options struct {
 	NodeName     string
-	Client       kubernetes.Interface // nil: Start fails; tests drive Prepare directly
-	ClaimsDir    string               // checkpoints (claims.Dir of the CNI's state dir)
-	CDIDir       string               // where the runtime reads CDI specs
-	DevfsRoot    string               // the host paths of character devices
-	RegistrarDir string               // "": /var/lib/kubelet/plugins_registry
-	PluginDir    string               // "": /var/lib/kubelet/plugins/railnet.io
-	MaxPerSlice  int                  // "": 128, the API's limit
+	Client       *kubeapi.Client // nil: Start fails; tests drive Prepare directly
+	ClaimsDir    string          // checkpoints (claims.Dir of the CNI's state dir)
+	CDIDir       string          // where the runtime reads CDI specs
+	DevfsRoot    string          // the host paths of character devices
+	RegistrarDir string          // "": /var/lib/kubelet/plugins_registry
+	PluginDir    string          // "": /var/lib/kubelet/plugins/railnet.io
+	MaxPerSlice  int             // "": 128, the API's limit
 	Logger       *slog.Logger
 }
 
@@ -67,18 +64,30 @@ type entry struct {
 	dev      pools.Device
 }
 
-// Driver is the DRA kubelet plugin. It implements kubeletplugin.DRAPlugin
-// and the agent's DRAPublisher.
+// Driver is the DRA kubelet plugin (kubelet.go), the publisher of this
+// node's ResourceSlices (slices.go) and the agent's DRAPublisher.
 type Driver struct {
 	o   Options
 	log *slog.Logger
 
 	mu        sync.Mutex
 	devices   map[key]entry
-	resources *resourceslice.DriverResources // the last computed
-	published *resourceslice.DriverResources // the last handed to the helper
-	helper    *kubeletplugin.Helper
-	ctx       context.Context
+	resources *DriverResources // the last computed
+	wake      chan struct{}    // resources changed
+	kubelet   *kubeletServer
+	cancel    context.CancelFunc
+	done      chan struct{} // the publisher returned
+
+	grpcMu  sync.Mutex // one prepare or unprepare at a time
+	nodeUID types.UID  // the publisher's: owner of the slices
+}
+
+// PreparedDevice is what Prepare tells the kubelet of one device.
+type PreparedDevice struct {
+	Requests     []string
+	PoolName     string
+	DeviceName   string
+	CDIDeviceIDs []string
 }
 
 // New returns a driver that publishes nothing until Start.
@@ -89,11 +98,11 @@ func New(o Options) *Driver {
 	if o.MaxPerSlice <= 0 || o.MaxPerSlice > resourceapi.ResourceSliceMaxDevices {
 		o.MaxPerSlice = resourceapi.ResourceSliceMaxDevices
 	}
-	return &Driver{o: o, log: o.Logger, devices: map[key]entry{}}
+	return &Driver{o: o, log: o.Logger, devices: map[key]entry{}, wake: make(chan struct{}, 1)}
 }
 
-// Start registers with the kubelet (plugin registration and DRA sockets)
-// and publishes the pools of the last scan, if any.
+// Start serves the kubelet (plugin registration and DRA sockets) and
+// publishes the pools of the last scan, if any, and of every scan after.
 func (d *Driver) Start(ctx context.Context) error {
 	if d.o.Client == nil {
 		return errors.New("DRA driver: no Kubernetes client")
@@ -101,31 +110,19 @@ func (d *Driver) Start(ctx context.Context) error {
 	if d.o.NodeName == "" {
 		return errors.New("DRA driver: no node name (--node-name or $NODE_NAME)")
 	}
-	opts := []kubeletplugin.Option{
-		kubeletplugin.DriverName(DriverName), kubeletplugin.KubeClient(d.o.Client), kubeletplugin.NodeName(d.o.NodeName),
-		kubeletplugin.HealthService(false),
-	}
-	if d.o.RegistrarDir != "" {
-		opts = append(opts, kubeletplugin.RegistrarDirectoryPath(d.o.RegistrarDir))
-	}
-	pluginDir := d.o.PluginDir
-	if pluginDir == "" {
-		pluginDir = filepath.Join(kubeletplugin.KubeletPluginsDir, DriverName)
-	}
-	opts = append(opts, kubeletplugin.PluginDataDirectoryPath(pluginDir))
-	// The helper listens there but does not make it.
-	if err := os.MkdirAll(pluginDir, 0o750); err != nil {
-		return fmt.Errorf("DRA driver: %w", err)
-	}
-	h, err := kubeletplugin.Start(ctx, d, opts...)
+	ks, err := d.serveKubelet()
 	if err != nil {
 		return fmt.Errorf("DRA driver: %w", err)
 	}
+	ctx, cancel := context.WithCancel(ctx)
 	d.mu.Lock()
-	d.helper, d.ctx = h, ctx
+	d.kubelet, d.cancel, d.done = ks, cancel, make(chan struct{})
 	d.mu.Unlock()
-	d.log.Info("DRA driver registered with the kubelet", "driver", DriverName, "node", d.o.NodeName)
-	d.publish()
+	go func() {
+		defer close(d.done)
+		d.runSlices(ctx)
+	}()
+	d.log.Info("DRA driver serving the kubelet", "driver", DriverName, "node", d.o.NodeName, "registration", ks.regPath)
 	return nil
 }
 
@@ -133,25 +130,28 @@ func (d *Driver) Start(ctx context.Context) error {
 // over; a node that goes away has them deleted with it).
 func (d *Driver) Stop() {
 	d.mu.Lock()
-	h := d.helper
-	d.helper = nil
+	ks, cancel, done := d.kubelet, d.cancel, d.done
+	d.kubelet, d.cancel = nil, nil
 	d.mu.Unlock()
-	if h != nil {
-		h.Stop()
+	if ks == nil {
+		return
 	}
+	ks.stop()
+	cancel()
+	<-done
 }
 
 // Resources computes what a scan's dra pools publish, and the devices
 // Prepare may hand out.
-func (d *Driver) Resources(ps []pools.Resolved, inv *discovery.Inventory, topo *topology.Topology) (*resourceslice.DriverResources, map[key]entry) {
-	res := &resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{}}
+func (d *Driver) Resources(ps []pools.Resolved, inv *discovery.Inventory, topo *topology.Topology) (*DriverResources, map[key]entry) {
+	res := &DriverResources{Pools: map[string]Pool{}}
 	devs := map[key]entry{}
 	for i := range ps {
 		p := &ps[i]
 		name := PoolName(d.o.NodeName, p.Name)
-		var pool resourceslice.Pool
+		var pool Pool
 		for _, s := range Split(Devices(p, inv, topo), d.o.MaxPerSlice) {
-			pool.Slices = append(pool.Slices, resourceslice.Slice{Devices: s})
+			pool.Slices = append(pool.Slices, Slice{Devices: s})
 		}
 		res.Pools[name] = pool
 		for _, dev := range p.Devices {
@@ -162,55 +162,26 @@ func (d *Driver) Resources(ps []pools.Resolved, inv *discovery.Inventory, topo *
 }
 
 // Publish takes a scan's dra pools (the agent calls it after every scan);
-// the helper's controller writes the slices that changed.
+// the publisher writes the slices that changed.
 func (d *Driver) Publish(ps []pools.Resolved, inv *discovery.Inventory, topo *topology.Topology) {
 	res, devs := d.Resources(ps, inv, topo)
 	d.mu.Lock()
+	changed := d.resources == nil || !reflect.DeepEqual(d.resources, res)
 	d.devices, d.resources = devs, res
 	d.mu.Unlock()
-	d.publish()
-}
-
-func (d *Driver) publish() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.helper == nil || d.resources == nil || reflect.DeepEqual(d.resources, d.published) {
-		return
-	}
-	if err := d.helper.PublishResources(d.ctx, *d.resources); err != nil {
-		d.log.Error("DRA: publish ResourceSlices", "err", err)
-		return
-	}
-	n := 0
-	for _, p := range d.resources.Pools {
-		for _, s := range p.Slices {
-			n += len(s.Devices)
+	if changed {
+		select {
+		case d.wake <- struct{}{}:
+		default:
 		}
 	}
-	d.log.Info("DRA: ResourceSlices published", "pools", len(d.resources.Pools), "devices", n)
-	d.published = d.resources
-}
-
-// PrepareResourceClaims implements kubeletplugin.DRAPlugin.
-func (d *Driver) PrepareResourceClaims(_ context.Context, cs []*resourceapi.ResourceClaim) (map[types.UID]kubeletplugin.PrepareResult, error) {
-	out := make(map[types.UID]kubeletplugin.PrepareResult, len(cs))
-	for _, c := range cs {
-		devs, err := d.Prepare(c)
-		if err != nil {
-			d.log.Error("DRA: prepare", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "err", err)
-		} else {
-			d.log.Info("DRA: prepared", "claim", c.Namespace+"/"+c.Name, "uid", c.UID, "devices", len(devs))
-		}
-		out[c.UID] = kubeletplugin.PrepareResult{Err: err, Devices: devs}
-	}
-	return out, nil
 }
 
 // Prepare validates a claim's allocation against this node's devices and
 // the claims already prepared, writes its CDI spec, then its checkpoint.
 // Preparing a prepared claim again gives the same answer (the kubelet
 // retries after restarts).
-func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, error) {
+func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]PreparedDevice, error) {
 	if c.Status.Allocation == nil {
 		return nil, fmt.Errorf("claim %s/%s is not allocated", c.Namespace, c.Name)
 	}
@@ -236,7 +207,7 @@ func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 		devs                      []deviceplugin.Device
 	}
 	var groups []*group
-	var results []kubeletplugin.Device
+	var results []PreparedDevice
 	d.mu.Lock()
 	known := d.devices
 	d.mu.Unlock()
@@ -269,7 +240,7 @@ func (d *Driver) Prepare(c *resourceapi.ResourceClaim) ([]kubeletplugin.Device, 
 			CharDevs: e.dev.CharDevs, NUMA: e.dev.NUMA, Rail: e.dev.Rail, IB: e.dev.IB})
 		dv := claims.Device{Request: r.Request, Pool: e.pool, DRAPool: r.Pool, Device: r.Device, ID: e.dev.ID,
 			BDF: e.dev.BDF, RDMA: e.dev.RDMA, Resource: e.resource}
-		kd := kubeletplugin.Device{Requests: []string{r.Request}, PoolName: r.Pool, DeviceName: r.Device}
+		kd := PreparedDevice{Requests: []string{r.Request}, PoolName: r.Pool, DeviceName: r.Device}
 		if first {
 			// One CDI device per request: the env (PCIDEVICE_*, NCCL_IB_HCA)
 			// lists all of the request's devices at once.
@@ -324,35 +295,12 @@ func (d *Driver) stillHeld(c *claims.Claim) bool {
 	return err != nil
 }
 
-// UnprepareResourceClaims implements kubeletplugin.DRAPlugin: the CDI spec
-// and the checkpoint go; a claim not prepared here is fine.
-func (d *Driver) UnprepareResourceClaims(_ context.Context, cs []kubeletplugin.NamespacedObject) (map[types.UID]error, error) {
-	out := make(map[types.UID]error, len(cs))
-	for _, c := range cs {
-		out[c.UID] = d.Unprepare(string(c.UID))
-		d.log.Info("DRA: unprepared", "claim", c.String(), "uid", c.UID, "err", out[c.UID])
-	}
-	return out, nil
-}
-
 // Unprepare removes what Prepare wrote for a claim; idempotent.
 func (d *Driver) Unprepare(uid string) error {
 	if err := os.Remove(cdiSpecPath(d.o.CDIDir, uid)); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return err
 	}
 	return claims.Remove(d.o.ClaimsDir, uid)
-}
-
-// HandleError implements kubeletplugin.DRAPlugin: background errors
-// (publishing slices) are logged; the controller retries.
-func (d *Driver) HandleError(_ context.Context, err error, msg string) {
-	d.log.Error("DRA: "+msg, "err", err, "recoverable", errors.Is(err, kubeletplugin.ErrRecoverable))
-}
-
-// WatchHealthStatus implements kubeletplugin.DRAPlugin: health shows in
-// the slices instead (an unhealthy device is not published).
-func (d *Driver) WatchHealthStatus(context.Context, chan<- kubeletplugin.DeviceHealthReport) error {
-	return kubeletplugin.ErrHealthNotSupported
 }
 
 // cdiSpecPath: one file per claim; its device names start with the claim
@@ -388,9 +336,7 @@ func (d *Driver) Collect(ctx context.Context) {
 
 // claimExists: true unless the API says the claim, with this UID, is gone.
 func (d *Driver) claimExists(ctx context.Context, c *claims.Claim) bool {
-	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
-	defer cancel()
-	got, err := d.o.Client.ResourceV1().ResourceClaims(c.Namespace).Get(ctx, c.Name, metav1.GetOptions{})
+	got, err := d.getClaim(ctx, c.Namespace, c.Name)
 	switch {
 	case apierrors.IsNotFound(err):
 		return false
@@ -398,4 +344,11 @@ func (d *Driver) claimExists(ctx context.Context, c *claims.Claim) bool {
 		return true
 	}
 	return string(got.UID) == c.UID
+}
+
+// getClaim reads a claim, bounded by apiTimeout.
+func (d *Driver) getClaim(ctx context.Context, namespace, name string) (*resourceapi.ResourceClaim, error) {
+	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
+	defer cancel()
+	return d.o.Client.GetClaim(ctx, namespace, name)
 }

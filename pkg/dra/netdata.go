@@ -8,7 +8,6 @@ import (
 
 	resourceapi "k8s.io/api/resource/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/railnet/railnet/pkg/state"
 )
@@ -74,7 +73,7 @@ func (n *NetworkData) write(ctx context.Context, ref *state.ClaimRef, want resou
 	}
 	ctx, cancel := context.WithTimeout(ctx, apiTimeout)
 	defer cancel()
-	c, err := cl.ResourceV1().ResourceClaims(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	c, err := cl.GetClaim(ctx, ref.Namespace, ref.Name)
 	if err != nil {
 		return err
 	}
@@ -94,7 +93,7 @@ func (n *NetworkData) write(ctx context.Context, ref *state.ClaimRef, want resou
 		return nil
 	}
 	c.Status.Devices[i].NetworkData = &want
-	_, err = cl.ResourceV1().ResourceClaims(ref.Namespace).UpdateStatus(ctx, c, metav1.UpdateOptions{FieldManager: DriverName})
+	_, err = cl.UpdateClaimStatus(ctx, c, DriverName)
 	if apierrors.IsConflict(err) {
 		return fmt.Errorf("claim changed meanwhile; next pass: %w", err)
 	}
