@@ -71,6 +71,14 @@ func errMsg(err error) string {
 // Scan reads the whole inventory. It fails only when the sysfs root has no
 // readable bus/pci/devices; everything else becomes a warning.
 func (s *Scanner) Scan() (*Inventory, error) {
+	// A lean scan reads the class links beside the functions, from the
+	// start: the list of functions is read on one thread, the other CPUs
+	// have nothing else to do meanwhile.
+	var cl *classLinks
+	if s.lean {
+		cl = s.prefetch("net", "infiniband", "infiniband_verbs", "infiniband_mad")
+		defer cl.wait() // none outlives the scan (its FS may be closed next)
+	}
 	links, escaped, err := s.sys.ReadLinks("bus/pci/devices")
 	if err != nil {
 		return nil, fmt.Errorf("list PCI devices: %w", err)
@@ -99,12 +107,6 @@ func (s *Scanner) Scan() (*Inventory, error) {
 		sh.index[n] = i
 		sh.pf[i].ready = make(chan struct{})
 	}
-	// A lean scan reads the class links beside the functions.
-	var cl *classLinks
-	if s.lean {
-		cl = s.prefetch("net", "infiniband", "infiniband_verbs", "infiniband_mad")
-		defer cl.wait() // none outlives the scan (its FS may be closed next)
-	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range min(max(1, s.workers), len(names)) {
@@ -122,6 +124,11 @@ func (s *Scanner) Scan() (*Inventory, error) {
 					sh.pf[i].vendor, sh.pf[i].class, sh.pf[i].numa, sh.pf[i].vfDevice, sh.pf[i].ok = d.Vendor, d.Class, d.NUMA, nic.SRIOV.VFDevice, true
 				}
 				close(sh.pf[i].ready)
+				// A PF's virtfn links, once its VFs may go on: in parallel
+				// here rather than one PF after another in linkVFs.
+				if nic != nil && nic.SRIOV != nil && nic.SRIOV.NumVFs > 0 {
+					nic.vfs = s.readVFLinks(nic.Path)
+				}
 			}
 		}()
 	}
@@ -657,6 +664,18 @@ func (s *Scanner) readNetdev(dir *sysfs.Dir, real, sub, name string, pf bool, w 
 	return nd
 }
 
+type vfLinks struct {
+	links   map[string]string
+	escaped []error
+	err     error
+}
+
+func (s *Scanner) readVFLinks(pfPath string) *vfLinks {
+	l := &vfLinks{}
+	l.links, l.escaped, l.err = s.sys.ReadLinksOf(pfPath, func(name string) bool { return strings.HasPrefix(name, "virtfn") })
+	return l
+}
+
 // linkVFs fills each VF's index from its PF's virtfn<n> links, and each PF's
 // VF list.
 func (s *Scanner) linkVFs(inv *Inventory, w *warnings) {
@@ -668,12 +687,17 @@ func (s *Scanner) linkVFs(inv *Inventory, w *warnings) {
 		if pf.SRIOV == nil || pf.SRIOV.NumVFs == 0 {
 			continue
 		}
-		links, escaped, err := s.sys.ReadLinks(pf.Path)
-		if err != nil {
-			w.add(s.full(pf.Path), err)
+		l := pf.vfs
+		if l == nil {
+			l = s.readVFLinks(pf.Path)
+		}
+		pf.vfs = nil
+		links := l.links
+		if l.err != nil {
+			w.add(s.full(pf.Path), l.err)
 			continue
 		}
-		for _, e := range escaped {
+		for _, e := range l.escaped {
 			w.add(pathOf(e), e)
 		}
 		vfs := make([]string, pf.SRIOV.NumVFs)

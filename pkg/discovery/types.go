@@ -54,6 +54,7 @@ type NIC struct {
 	RDMA      []string `json:"rdma,omitempty"` // names of the RDMA devices on this function
 
 	rdma []*RDMADevice // read with the function; collected by scanRDMA
+	vfs  *vfLinks      // a PF's virtfn links, read by a worker; used by linkVFs
 	// leanPorts: a lean scan did not read this VF's RDMA ports; they are
 	// its PF's (inheritPorts).
 	leanPorts bool
