@@ -3,6 +3,7 @@ package discovery_test
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -264,6 +265,9 @@ func TestLeanScanFindsWhatFullDoes(t *testing.T) {
 		NUMA             int
 		Vendor, Device   string
 		Driver, LinkType string
+		VFIndex          int
+		PFVisible        bool
+		VFs              []string // a PF's, by index
 	}
 	type rdmaView struct {
 		Name, PCI string
@@ -273,7 +277,10 @@ func TestLeanScanFindsWhatFullDoes(t *testing.T) {
 		nics, rdma := map[string]nicView{}, map[string]rdmaView{}
 		for _, n := range inv.NICs {
 			v := nicView{BDF: n.BDF, PF: n.PF, Kind: string(n.Kind), RDMA: n.RDMA, NUMA: n.NUMA, Vendor: n.Vendor, Device: n.Device,
-				Driver: n.Driver, LinkType: string(n.LinkType)}
+				Driver: n.Driver, LinkType: string(n.LinkType), VFIndex: n.VFIndex, PFVisible: n.PFVisible}
+			if n.SRIOV != nil {
+				v.VFs = n.SRIOV.VFs
+			}
 			for _, nd := range n.Netdevs {
 				v.Netdevs = append(v.Netdevs, nd.Name)
 			}
@@ -310,6 +317,68 @@ func TestLeanScanFindsWhatFullDoes(t *testing.T) {
 			}
 			if len(lr) > 0 && withChars == 0 {
 				t.Errorf("no RDMA device has character devices")
+			}
+		})
+	}
+}
+
+// A lean scan takes VFs from the PF's sriov_offset/stride; where that
+// arithmetic does not meet the VFs present (a wrong offset, a VF gone),
+// it reads the virtfn links as the full scan does: same VFs, same indexes,
+// same warnings.
+func TestLeanVFsFallBackToLinks(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		warn  string // in a warning of both scans
+		spoil func(t *testing.T, sys, pf string, vfs []string)
+	}{
+		{"wrong offset", "", func(t *testing.T, sys, pf string, _ []string) {
+			if err := os.WriteFile(filepath.Join(sys, "bus/pci/devices", pf, "sriov_offset"), []byte("1\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}},
+		{"VF gone", "is not present", func(t *testing.T, sys, _ string, vfs []string) {
+			if err := os.Remove(filepath.Join(sys, "bus/pci/devices", vfs[1])); err != nil {
+				t.Fatal(err)
+			}
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, tree := fakesystest.Build(t, "vf-scale")
+			inv := fakesystest.Scan(t, tree, true)
+			var pf *discovery.NIC
+			for _, n := range inv.NICs {
+				if n.SRIOV != nil && n.SRIOV.NumVFs > 2 {
+					pf = n
+					break
+				}
+			}
+			if pf == nil {
+				t.Fatal("no PF with VFs")
+			}
+			tc.spoil(t, tree.Sys, pf.BDF, pf.SRIOV.VFs)
+			full, lean := fakesystest.Scan(t, tree, false), fakesystest.Scan(t, tree, true)
+			index := func(inv *discovery.Inventory) map[string]int {
+				m := map[string]int{}
+				for _, n := range inv.NICs {
+					if n.Kind == discovery.KindVF {
+						m[n.BDF+" of "+n.PF] = n.VFIndex
+					}
+				}
+				return m
+			}
+			if diff := cmp.Diff(index(full), index(lean)); diff != "" {
+				t.Errorf("VF indexes (-full +lean):\n%s", diff)
+			}
+			if diff := cmp.Diff(full.NIC(pf.BDF).SRIOV.VFs, lean.NIC(pf.BDF).SRIOV.VFs); diff != "" {
+				t.Errorf("the PF's VFs (-full +lean):\n%s", diff)
+			}
+			if diff := cmp.Diff(full.Warnings, lean.Warnings); diff != "" {
+				t.Errorf("warnings (-full +lean):\n%s", diff)
+			}
+			warned := slices.ContainsFunc(lean.Warnings, func(w discovery.Warning) bool { return tc.warn != "" && strings.Contains(w.Msg, tc.warn) })
+			if warned != (tc.warn != "") || (tc.warn == "" && len(lean.Warnings) > 0) {
+				t.Errorf("warnings %v, want one saying %q", lean.Warnings, tc.warn)
 			}
 		})
 	}

@@ -126,7 +126,7 @@ func (s *Scanner) Scan() (*Inventory, error) {
 				close(sh.pf[i].ready)
 				// A PF's virtfn links, once its VFs may go on: in parallel
 				// here rather than one PF after another in linkVFs.
-				if nic != nil && nic.SRIOV != nil && nic.SRIOV.NumVFs > 0 {
+				if !s.lean && nic != nil && nic.SRIOV != nil && nic.SRIOV.NumVFs > 0 {
 					nic.vfs = s.readVFLinks(nic.Path)
 				}
 			}
@@ -664,6 +664,39 @@ func (s *Scanner) readNetdev(dir *sysfs.Dir, real, sub, name string, pf bool, w 
 	return nd
 }
 
+// vfsByAddress: a lean scan takes a PF's VFs from SR-IOV's address
+// arithmetic (VF i's routing ID is the PF's + sriov_offset + i ×
+// sriov_stride, in the PF's domain: the kernel's pci_iov_virtfn_bus and
+// _devfn) instead of reading its virtfn links, a readlink per VF, when
+// every VF so found is present and its physfn names this PF. Otherwise
+// false, and the links are read (with their warnings).
+func vfsByAddress(pf *NIC, byBDF map[string]*NIC) bool {
+	sr := pf.SRIOV
+	b, err := sysfs.ParseBDF(pf.BDF)
+	if err != nil || sr.Offset < 1 || sr.Stride < 1 {
+		return false
+	}
+	vfs := make([]string, sr.NumVFs)
+	nics := make([]*NIC, sr.NumVFs)
+	for i := range vfs {
+		rid := int(b.RID()) + sr.Offset + i*sr.Stride
+		if rid > 0xffff {
+			return false
+		}
+		bdf := sysfs.FromRID(b.Domain, uint16(rid)).String()
+		vf := byBDF[bdf]
+		if vf == nil || vf.Kind != KindVF || vf.PF != pf.BDF {
+			return false
+		}
+		vfs[i], nics[i] = bdf, vf
+	}
+	for i, vf := range nics {
+		vf.VFIndex, vf.PFVisible = i, true
+	}
+	sr.VFs = vfs
+	return true
+}
+
 type vfLinks struct {
 	links   map[string]string
 	escaped []error
@@ -685,6 +718,9 @@ func (s *Scanner) linkVFs(inv *Inventory, w *warnings) {
 	}
 	for _, pf := range inv.NICs {
 		if pf.SRIOV == nil || pf.SRIOV.NumVFs == 0 {
+			continue
+		}
+		if s.lean && vfsByAddress(pf, byBDF) {
 			continue
 		}
 		l := pf.vfs
