@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -533,5 +534,75 @@ func TestReconcilerReleasesOrphans(t *testing.T) {
 	}
 	if n, err := r.Once(ctx); err != nil || n != 0 {
 		t.Errorf("second pass released %d: %v", n, err)
+	}
+}
+
+// Addresses and routes in the pod are what the reference host-device
+// plugin (v1.10.0, ipam.ConfigureIface) makes of the same IPAM result:
+// IPv4 and IPv6 with gateways, routes with and without their own gateway,
+// a metric, link up, IPv6 enabled; railnet configures them itself.
+func TestCNIAddressesAndRoutesAsReference(t *testing.T) {
+	e := newCNIEnv(t, 1)
+	ipam := map[string]any{"type": "static",
+		"addresses": []any{
+			map[string]string{"address": "198.18.91.7/24", "gateway": "198.18.91.1"},
+			map[string]string{"address": "fd00:91::7/64", "gateway": "fd00:91::1"},
+		},
+		"routes": []any{
+			map[string]any{"dst": "198.18.200.0/24"},
+			map[string]any{"dst": "198.18.201.0/24", "gw": "198.18.91.254", "priority": 77},
+			map[string]any{"dst": "fd00:200::/48"},
+			map[string]any{"dst": "0.0.0.0/0"},
+		}}
+	view := func(ns string) string {
+		var out []string
+		for _, args := range [][]string{{"-4", "-o", "addr", "show", "net1"}, {"-6", "-o", "addr", "show", "net1", "scope", "global"},
+			{"-4", "route", "show", "dev", "net1"}, {"-6", "route", "show", "dev", "net1"}, {"-o", "link", "show", "net1"}} {
+			b, err := exec.Command("ip", append([]string{"-n", filepath.Base(ns)}, args...)...).CombinedOutput()
+			if err != nil {
+				t.Fatalf("ip %v: %v %s", args, err, b)
+			}
+			for _, l := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+				f := strings.Fields(l)
+				switch {
+				case len(f) > 3 && f[2] == "inet" || len(f) > 3 && f[2] == "inet6":
+					out = append(out, f[2]+" "+f[3]) // family and address/prefix
+				case strings.Contains(l, "mtu"):
+					out = append(out, "link up "+fmt.Sprint(strings.Contains(l, ",UP")))
+				case strings.HasPrefix(l, "fe80::/64"):
+				default:
+					l = strings.Join(strings.Fields(strings.ReplaceAll(l, "pref medium", "")), " ")
+					out = append(out, "route "+l)
+				}
+			}
+		}
+		slices.Sort(out)
+		return strings.Join(out, "\n")
+	}
+	var got []string
+	for _, plugin := range []string{"railnet", "host-device"} {
+		extra := map[string]any{"type": plugin, "ipam": ipam}
+		if plugin == "host-device" {
+			extra["device"], extra["sysfsRoot"], extra["stateDir"], extra["capabilities"] = e.vfName(0), nil, nil, nil
+		}
+		list := e.conflist(t, "1.0.0", extra)
+		ns := e.netns(t)
+		rc := rt("ar-"+plugin, ns, "net1", vfBDF(0))
+		if _, err := e.cni.AddNetworkList(context.Background(), list, rc); err != nil {
+			t.Fatalf("%s ADD: %v", plugin, err)
+		}
+		got = append(got, view(ns))
+		if err := e.cni.DelNetworkList(context.Background(), list, rc); err != nil {
+			t.Fatalf("%s DEL: %v", plugin, err)
+		}
+	}
+	if got[0] != got[1] {
+		t.Fatalf("railnet's pod:\n%s\n\nhost-device's:\n%s", got[0], got[1])
+	}
+	for _, want := range []string{"inet 198.18.91.7/24", "inet6 fd00:91::7/64", "link up true", "via 198.18.91.254", "metric 77",
+		"route default via 198.18.91.1", "route fd00:200::/48 via fd00:91::1"} {
+		if !strings.Contains(got[0], want) {
+			t.Errorf("pod lacks %q:\n%s", want, got[0])
+		}
 	}
 }

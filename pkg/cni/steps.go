@@ -11,7 +11,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
-	"github.com/containernetworking/plugins/pkg/ipam"
 	"github.com/containernetworking/plugins/pkg/ns"
 
 	"github.com/railnet/railnet/pkg/cni/config"
@@ -326,7 +325,7 @@ func (a *attachment) announce() error {
 	if a.conf.IPAM.Type != "" && len(a.result.IPs) > 0 {
 		err := a.inPodNetns(func() error {
 			notify(a.args.IfName)
-			return ipam.ConfigureIface(a.args.IfName, a.result)
+			return configureIface(a.args.IfName, a.result)
 		})
 		if err != nil {
 			return typed(types.ErrInternal, "configure addresses on "+a.args.IfName, err)
