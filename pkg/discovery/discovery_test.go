@@ -383,3 +383,79 @@ func TestLeanVFsFallBackToLinks(t *testing.T) {
 		})
 	}
 }
+
+// A lean VF is read without listing its directory: one without a driver,
+// and one handed to vfio-pci (no netdev, no RDMA device left), read the
+// same as the full scan reads them.
+func TestLeanVFsUnboundAndVFIO(t *testing.T) {
+	_, tree := fakesystest.Build(t, "vf-scale")
+	inv := fakesystest.Scan(t, tree, true)
+	var vfs []*discovery.NIC
+	for _, n := range inv.NICs {
+		if n.Kind == discovery.KindVF && len(n.Netdevs) == 1 && len(n.RDMA) == 1 && len(vfs) < 2 {
+			vfs = append(vfs, n)
+		}
+	}
+	if len(vfs) != 2 {
+		t.Fatal("two VFs with a netdev and an RDMA device wanted")
+	}
+	sys := tree.Sys
+	must := func(err error) {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Unbound: no driver link, nothing of its driver's left.
+	unbound := vfs[0]
+	must(os.Remove(filepath.Join(sys, unbound.Path, "driver")))
+	// vfio-pci: its netdev and RDMA device (with their class links and
+	// character devices) are gone with mlx5_core.
+	vfio := vfs[1]
+	must(os.MkdirAll(filepath.Join(sys, "bus/pci/drivers/vfio-pci"), 0o755))
+	must(os.Remove(filepath.Join(sys, vfio.Path, "driver")))
+	must(os.Symlink("../../../../../../bus/pci/drivers/vfio-pci", filepath.Join(sys, vfio.Path, "driver")))
+	for _, n := range vfio.Netdevs {
+		must(os.Remove(filepath.Join(sys, "class/net", n.Name)))
+	}
+	for _, r := range vfio.RDMA {
+		must(os.Remove(filepath.Join(sys, "class/infiniband", r)))
+	}
+	for _, class := range []string{"infiniband_verbs", "infiniband_mad"} {
+		ents, _ := os.ReadDir(filepath.Join(sys, vfio.Path, class))
+		for _, e := range ents {
+			must(os.Remove(filepath.Join(sys, "class", class, e.Name())))
+		}
+	}
+	for _, sub := range []string{"net", "infiniband", "infiniband_verbs", "infiniband_mad"} {
+		must(os.RemoveAll(filepath.Join(sys, vfio.Path, sub)))
+	}
+	full, lean := fakesystest.Scan(t, tree, false), fakesystest.Scan(t, tree, true)
+	type view struct {
+		Kind, PF, Driver string
+		Netdevs, RDMA    []string
+		VFIndex          int
+	}
+	of := func(n *discovery.NIC) view {
+		v := view{Kind: string(n.Kind), PF: n.PF, Driver: n.Driver, RDMA: n.RDMA, VFIndex: n.VFIndex}
+		for _, nd := range n.Netdevs {
+			v.Netdevs = append(v.Netdevs, nd.Name)
+		}
+		return v
+	}
+	for _, vf := range vfs {
+		f, l := of(full.NIC(vf.BDF)), of(lean.NIC(vf.BDF))
+		if diff := cmp.Diff(f, l); diff != "" {
+			t.Errorf("%s (-full +lean):\n%s", vf.BDF, diff)
+		}
+	}
+	if d := of(lean.NIC(unbound.BDF)); d.Driver != "" || len(d.Netdevs) != 1 {
+		t.Errorf("unbound VF: %+v", d)
+	}
+	if d := of(lean.NIC(vfio.BDF)); d.Driver != "vfio-pci" || len(d.Netdevs) != 0 || len(d.RDMA) != 0 || d.Kind != string(discovery.KindVF) {
+		t.Errorf("vfio-pci VF: %+v", d)
+	}
+	if diff := cmp.Diff(full.Warnings, lean.Warnings); diff != "" {
+		t.Errorf("warnings (-full +lean):\n%s", diff)
+	}
+}

@@ -230,6 +230,12 @@ func (s *Scanner) readFunction(bdf, real string, w *warnings, i int, sh *shared)
 		return nil, nil, nil
 	}
 	defer dir.Close()
+	d := &PCIDevice{BDF: bdf, Path: real, Ancestry: ancestry(real), NUMA: -1}
+	if s.lean && sh != nil {
+		if dev, nic := s.leanVF(d, dir, w, i, sh); dev != nil {
+			return dev, nic, nil
+		}
+	}
 	present, err := dir.Which(".", functionEntries)
 	if err != nil {
 		w.add(s.full(real), err)
@@ -241,7 +247,6 @@ func (s *Scanner) readFunction(bdf, real string, w *warnings, i int, sh *shared)
 			have[functionEntries[i]] = true
 		}
 	}
-	d := &PCIDevice{BDF: bdf, Path: real, Ancestry: ancestry(real), NUMA: -1}
 	if len(d.Ancestry) == 0 || d.Ancestry[len(d.Ancestry)-1] != bdf {
 		w.add(s.full(link), fmt.Errorf("resolves to %s, which is not below a PCI host bridge", real))
 		d.Partial = true
@@ -355,6 +360,32 @@ func isGPU(d *PCIDevice) bool {
 // asks after (have[name]).
 var functionEntries = []string{"physfn", "driver", "subsystem_vendor", "local_cpulist", "sriov_totalvfs", "sriov_offset",
 	"sriov_vf_device", "net", "infiniband", "infiniband_verbs", "infiniband_mad"}
+
+// leanVF reads a lean scan's VF without listing its directory (an open,
+// two getdents and a close less per VF): a physfn link makes it a VF; its
+// vendor, device, class and NUMA node are its PF's (fromPF); a network
+// controller's (class 0x02) netdev and RDMA names come from the class links
+// after the scan whether it has any or not, so the listing would only say
+// whether it has a driver, which its readlink says too. Anything else (no
+// physfn, a PF not read, another class: an NVMe or GPU VF) returns nil and
+// is read in full.
+func (s *Scanner) leanVF(d *PCIDevice, dir *sysfs.Dir, w *warnings, i int, sh *shared) (*PCIDevice, *NIC) {
+	pf, err := dir.LinkBase("physfn")
+	if err != nil || !sh.fromPF(i, pf, d) || !strings.HasPrefix(d.Class, "0x02") {
+		return nil, nil
+	}
+	if len(d.Ancestry) == 0 || d.Ancestry[len(d.Ancestry)-1] != d.BDF {
+		return nil, nil // the full path says what is wrong
+	}
+	switch drv, err := dir.LinkBase("driver"); {
+	case err == nil:
+		d.Driver = drv
+	case !errors.Is(err, fs.ErrNotExist):
+		w.add(s.full(d.Path+"/driver"), err)
+	}
+	have := map[string]bool{"physfn": true, "net": true, "infiniband": true}
+	return d, s.readNIC(d, dir, have, pf, nil, w)
+}
 
 // isNIC: class 0x02 (network controller), or any function with a netdev or
 // an RDMA device. Bridges never are, even with a NIC vendor's ID (the PCIe
