@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -220,6 +221,32 @@ func readlinkat(dirfd int, name string) (string, error) {
 		if n < size {
 			return string(buf[:n]), nil
 		}
+	}
+}
+
+// readlinkDirent is readlinkat of a name eachDirent handed over: the
+// getdents record holds it NUL-terminated right after its bytes, so the
+// syscall takes it where it lies. A name without its NUL (never from the
+// kernel) goes through readlinkat.
+func readlinkDirent(dirfd int, nb []byte, name string) (string, error) {
+	if len(nb) == 0 || cap(nb) == len(nb) || nb[:len(nb)+1][len(nb)] != 0 {
+		return readlinkat(dirfd, name)
+	}
+	bp := bufs.Get().(*[]byte)
+	defer bufs.Put(bp)
+	buf := (*bp)[:256]
+	for {
+		r, _, e := unix.Syscall6(unix.SYS_READLINKAT, uintptr(dirfd), uintptr(unsafe.Pointer(&nb[0])),
+			uintptr(unsafe.Pointer(&buf[0])), uintptr(len(buf)), 0, 0)
+		switch {
+		case e == unix.EINTR:
+			continue
+		case e != 0:
+			return "", e
+		case int(r) < len(buf):
+			return string(buf[:r]), nil
+		}
+		return readlinkat(dirfd, name) // longer than 255 bytes
 	}
 }
 
@@ -521,30 +548,36 @@ func (f *FS) ReadLinksOf(rel string, want func(name string) bool) (links map[str
 		return nil, nil, f.pathErr("readdir", rel, err)
 	}
 	defer unix.Close(fd)
-	ents, err := getdents(fd)
-	if err != nil {
-		return nil, nil, f.pathErr("readdir", rel, err)
-	}
-	links = make(map[string]string, len(ents))
-	for _, e := range ents {
-		if !e.Symlink || (want != nil && !want(e.Name)) {
-			continue
+	// Links are read as the listing goes (a map needs no sorted list), the
+	// name handed to readlinkat as the kernel wrote it in the getdents
+	// record, NUL-terminated: no C string is made for it.
+	links = map[string]string{}
+	err = eachDirent(fd, func(nb []byte, symlink bool) {
+		if !symlink {
+			return
 		}
-		t, err := readlinkat(fd, e.Name)
+		name := string(nb)
+		if want != nil && !want(name) {
+			return
+		}
+		t, err := readlinkDirent(fd, nb, name)
 		if err != nil {
-			escaped = append(escaped, f.pathErr("readlink", path.Join(rel, e.Name), err))
-			continue
+			escaped = append(escaped, f.pathErr("readlink", path.Join(rel, name), err))
+			return
 		}
 		if strings.HasPrefix(t, "/") {
-			escaped = append(escaped, f.pathErr("readlink", path.Join(rel, e.Name), ErrEscape))
-			continue
+			escaped = append(escaped, f.pathErr("readlink", path.Join(rel, name), ErrEscape))
+			return
 		}
 		j := joinLink(rel, t)
 		if j == ".." || strings.HasPrefix(j, "../") {
-			escaped = append(escaped, f.pathErr("readlink", path.Join(rel, e.Name), ErrEscape))
-			continue
+			escaped = append(escaped, f.pathErr("readlink", path.Join(rel, name), ErrEscape))
+			return
 		}
-		links[e.Name] = j
+		links[name] = j
+	})
+	if err != nil {
+		return nil, nil, f.pathErr("readdir", rel, err)
 	}
 	return links, escaped, nil
 }

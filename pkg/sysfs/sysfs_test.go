@@ -282,3 +282,44 @@ func TestJoinLinkIsPathJoin(t *testing.T) {
 		}
 	}
 }
+
+// ReadLinks hands readlinkat the names as getdents wrote them: every name
+// length up to 255 bytes, targets around the 256-byte first buffer and far
+// beyond, and a directory of thousands, read back as os.Readlink reads them.
+func TestReadLinksNamesAndTargets(t *testing.T) {
+	root := t.TempDir()
+	dir := filepath.Join(root, "class/x")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{}
+	for i := range 2000 {
+		name := fmt.Sprintf("%d%s", i, strings.Repeat("n", i%252))
+		tlen := []int{1, 200, 254, 255, 256, 257, 300, 1000, 4000}[i%9]
+		target := "../../devices/" + strings.Repeat("t", tlen)
+		if err := os.Symlink(target, filepath.Join(dir, name)); err != nil {
+			t.Fatal(err)
+		}
+		want[name] = "devices/" + strings.Repeat("t", tlen)
+	}
+	os.WriteFile(filepath.Join(dir, "plain"), nil, 0o644) // not a link: left out
+	for _, opts := range [][]Option{nil, {WithoutOpenat2()}} {
+		fs, err := New(root, opts...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, escaped, err := fs.ReadLinks("class/x")
+		fs.Close()
+		if err != nil || len(escaped) != 0 {
+			t.Fatalf("ReadLinks: %v %v", err, escaped)
+		}
+		if len(got) != len(want) {
+			t.Fatalf("%d links, want %d", len(got), len(want))
+		}
+		for n, w := range want {
+			if got[n] != w {
+				t.Fatalf("%s: %q, want %q", n, got[n], w)
+			}
+		}
+	}
+}
