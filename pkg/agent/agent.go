@@ -138,11 +138,13 @@ func (a *Agent) resolve(cfg *pools.Config) (*resolution, error) {
 	if err != nil {
 		return nil, err
 	}
+	scanned := time.Now()
 	topo := topology.Build(inv)
 	resolved, warnings, err := pools.Resolve(cfg, inv, topo)
 	if a.o.Metrics != nil {
 		a.o.Metrics.ObserveScan(time.Since(start), len(inv.Warnings))
 	}
+	a.log.Debug("scanned", "functions", len(inv.PCI), "scan", scanned.Sub(start), "resolve", time.Since(scanned))
 	if err != nil {
 		return nil, err
 	}
