@@ -79,7 +79,8 @@ type Driver struct {
 	done      chan struct{} // the publisher returned
 
 	grpcMu  sync.Mutex // one prepare or unprepare at a time
-	nodeUID types.UID  // the publisher's: owner of the slices
+	syncMu  sync.Mutex // one pass of the publisher at a time; guards nodeUID
+	nodeUID types.UID  // owner of the slices
 }
 
 // PreparedDevice is what Prepare tells the kubelet of one device.

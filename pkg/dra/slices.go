@@ -71,6 +71,8 @@ func (d *Driver) runSlices(ctx context.Context) {
 // scheduler never mixes two scans' devices. Pools no longer published are
 // deleted.
 func (d *Driver) syncSlices(ctx context.Context) error {
+	d.syncMu.Lock() // one pass at a time: two would write one change twice
+	defer d.syncMu.Unlock()
 	d.mu.Lock()
 	res := d.resources
 	d.mu.Unlock()

@@ -262,13 +262,22 @@ func validSlice(sl *resourceapi.ResourceSlice) error {
 	return nil
 }
 
-func (s *Server) createSlice(w http.ResponseWriter, r *http.Request) {
+// decodeSlice reads a slice the API would accept, or answers 400 or 422.
+func decodeSlice(w http.ResponseWriter, r *http.Request) (*resourceapi.ResourceSlice, bool) {
 	var in resourceapi.ResourceSlice
 	if !decode(w, r, "ResourceSlice", &in) {
-		return
+		return nil, false
 	}
 	if err := validSlice(&in); err != nil {
 		status(w, http.StatusUnprocessableEntity, metav1.StatusReasonInvalid, err.Error())
+		return nil, false
+	}
+	return &in, true
+}
+
+func (s *Server) createSlice(w http.ResponseWriter, r *http.Request) {
+	in, ok := decodeSlice(w, r)
+	if !ok {
 		return
 	}
 	s.mu.Lock()
@@ -284,27 +293,22 @@ func (s *Server) createSlice(w http.ResponseWriter, r *http.Request) {
 	s.writes++
 	in.UID = types.UID(fmt.Sprintf("slice-uid-%d", s.rv))
 	in.ResourceVersion = strconv.Itoa(s.rv)
-	s.slices[in.Name] = &in
-	reply(w, http.StatusCreated, &in)
+	s.slices[in.Name] = in
+	reply(w, http.StatusCreated, in)
 }
 
 func (s *Server) updateSlice(w http.ResponseWriter, r *http.Request) {
-	var in resourceapi.ResourceSlice
-	if !decode(w, r, "ResourceSlice", &in) {
-		return
-	}
-	if err := validSlice(&in); err != nil {
-		status(w, http.StatusUnprocessableEntity, metav1.StatusReasonInvalid, err.Error())
+	in, ok := decodeSlice(w, r)
+	if !ok {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := s.slices[r.PathValue("name")]
-	switch {
-	case old == nil:
-		status(w, http.StatusNotFound, metav1.StatusReasonNotFound, "not found")
+	old := s.existing(w, r)
+	if old == nil {
 		return
-	case in.ResourceVersion != old.ResourceVersion:
+	}
+	if in.ResourceVersion != old.ResourceVersion {
 		status(w, http.StatusConflict, metav1.StatusReasonConflict, "the object has been modified")
 		return
 	}
@@ -312,8 +316,18 @@ func (s *Server) updateSlice(w http.ResponseWriter, r *http.Request) {
 	s.writes++
 	in.UID, in.Name = old.UID, old.Name
 	in.ResourceVersion = strconv.Itoa(s.rv)
-	s.slices[in.Name] = &in
-	reply(w, http.StatusOK, &in)
+	s.slices[in.Name] = in
+	reply(w, http.StatusOK, in)
+}
+
+// existing is the slice the path names, or nil after answering 404; the
+// caller holds s.mu.
+func (s *Server) existing(w http.ResponseWriter, r *http.Request) *resourceapi.ResourceSlice {
+	old := s.slices[r.PathValue("name")]
+	if old == nil {
+		status(w, http.StatusNotFound, metav1.StatusReasonNotFound, "resourceslices \""+r.PathValue("name")+"\" not found")
+	}
+	return old
 }
 
 func (s *Server) deleteSlice(w http.ResponseWriter, r *http.Request) {
@@ -323,12 +337,11 @@ func (s *Server) deleteSlice(w http.ResponseWriter, r *http.Request) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	old := s.slices[r.PathValue("name")]
-	switch {
-	case old == nil:
-		status(w, http.StatusNotFound, metav1.StatusReasonNotFound, "not found")
+	old := s.existing(w, r)
+	if old == nil {
 		return
-	case opts.Preconditions != nil && opts.Preconditions.UID != nil && *opts.Preconditions.UID != old.UID:
+	}
+	if opts.Preconditions != nil && opts.Preconditions.UID != nil && *opts.Preconditions.UID != old.UID {
 		status(w, http.StatusConflict, metav1.StatusReasonConflict, "precondition failed: UID")
 		return
 	}
