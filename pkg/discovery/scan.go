@@ -383,9 +383,12 @@ func (s *Scanner) leanVF(d *PCIDevice, dir *sysfs.Dir, w *warnings, i int, sh *s
 	case !errors.Is(err, fs.ErrNotExist):
 		w.add(s.full(d.Path+"/driver"), err)
 	}
-	have := map[string]bool{"physfn": true, "net": true, "infiniband": true}
-	return d, s.readNIC(d, dir, have, pf, nil, w)
+	return d, s.readNIC(d, dir, leanVFHas, pf, nil, w)
 }
+
+// leanVFHas is what readNIC is told a lean VF's directory holds (it only
+// reads it): names from the class links, if any.
+var leanVFHas = map[string]bool{"physfn": true, "net": true, "infiniband": true}
 
 // isNIC: class 0x02 (network controller), or any function with a netdev or
 // an RDMA device. Bridges never are, even with a NIC vendor's ID (the PCIe
