@@ -108,7 +108,7 @@ func configureIface(ifName string, res *current.Result) error {
 		if r.Scope != nil {
 			route.Scope = netlink.Scope(*r.Scope)
 		}
-		if err := netlink.RouteAppend(&route); err != nil {
+		if err := netlink.RouteAddEcmp(&route); err != nil { // the reference's flags: IPv6 makes an existing route multipath
 			return fmt.Errorf("add route %s via %v dev %s: %w", r.Dst.String(), gw, ifName, err)
 		}
 	}
