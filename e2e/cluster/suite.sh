@@ -462,6 +462,12 @@ pass "claim $claim status.devices[].networkData: $(netdata)"
 
 claim_uid=$(k get resourceclaim "$claim" -o jsonpath='{.metadata.uid}')
 say "restart the DaemonSet pod between Prepare and the pod's deletion"
+# name=generation/resourceVersion of every railnet.io slice: a restarted
+# agent whose scan finds the same devices writes nothing (its comparison
+# matches what the apiserver stored).
+slice_versions() { k get resourceslices --field-selector spec.driver=railnet.io -o jsonpath='{range .items[*]}{.metadata.name}={.spec.pool.generation}/{.metadata.resourceVersion} {end}'; }
+before=$(slice_versions)
+[ -n "$before" ] || fail "no railnet.io slices listed by spec.driver"
 old=$(agent_pod)
 k -n railnet-system delete pod "$old" --wait=true >/dev/null
 until_ok 60 new_agent "$old" || fail "no new agent pod"
@@ -469,6 +475,7 @@ until_ok 90 ds_ready || fail "DaemonSet not Ready after its pod restarted"
 until_ok 60 dra_count 4 || fail "slices after the restart: $(dra_devices)"
 sleep 6 # a reconciler pass or more: the kubelet lists the claim's device for dra-a
 k exec dra-a -- ip link show net1 >/dev/null || fail "dra-a lost net1 after the agent restart"
+[ "$(slice_versions)" = "$before" ] || fail "the restarted agent rewrote unchanged slices: before '$before', after '$(slice_versions)'"
 [ "$(dra_checkpoints)" = 1 ] && [ "$(dra_cdi_specs)" = 1 ] || fail "after the agent restart: checkpoints $(dra_checkpoints), CDI specs $(dra_cdi_specs); want 1 and 1 (a container restart needs its CDI devices)"
 k -n railnet-system logs "$(agent_pod)" -c agent | grep '"msg":"reconciler released' | grep -q '"pod":"default/dra-a"' && fail "the reconciler released dra-a's VF"
 k delete pod dra-a --wait=true --timeout=60s >/dev/null
@@ -479,7 +486,7 @@ until_ok 30 no_dra_state || fail "after the pod's deletion: checkpoints $(dra_ch
 k -n railnet-system logs "$(agent_pod)" -c agent | grep -q "\"msg\":\"DRA: unprepared\".*\"uid\":\"$claim_uid\"" || fail "the restarted agent did not unprepare $claim ($claim_uid)"
 claim_gone() { ! k get resourceclaim "$claim" >/dev/null 2>&1; }
 until_ok 30 claim_gone || fail "claim $claim not deleted with its pod"
-pass "the restarted agent unprepared $claim from its checkpoint: $vfl back in the host, checkpoint and CDI spec removed, claim gone"
+pass "the restarted agent left the unchanged slices as they were and unprepared $claim from its checkpoint: $vfl back in the host, checkpoint and CDI spec removed, claim gone"
 
 say "DRA: resources.limits railnet.io/e2e-dra through the DeviceClass's extendedResourceName"
 test_pod ext-a e2e-dra
