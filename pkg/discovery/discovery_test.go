@@ -459,3 +459,26 @@ func TestLeanVFsUnboundAndVFIO(t *testing.T) {
 		t.Errorf("warnings (-full +lean):\n%s", diff)
 	}
 }
+
+// Class links that lead somewhere unexpected are named in a lean scan's
+// warnings, whether the class is kept as links or grouped by function.
+func TestLeanClassLinksElsewhere(t *testing.T) {
+	_, tree := fakesystest.Build(t, "vf-scale")
+	for _, l := range []struct{ class, name string }{{"net", "rnbogus0"}, {"infiniband_verbs", "uverbs9999"}, {"infiniband_mad", "umad9999"}} {
+		target := "../../devices/virtual/elsewhere/" + l.name
+		if err := os.Symlink(target, filepath.Join(tree.Sys, "class", l.class, l.name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	inv := fakesystest.Scan(t, tree, true)
+	for _, l := range []string{"class/net/rnbogus0", "class/infiniband_verbs/uverbs9999", "class/infiniband_mad/umad9999"} {
+		if !slices.ContainsFunc(inv.Warnings, func(w discovery.Warning) bool {
+			return strings.HasSuffix(w.Path, l) && strings.Contains(w.Msg, "unexpected location")
+		}) {
+			t.Errorf("no warning for %s: %v", l, inv.Warnings)
+		}
+	}
+	if s := inv.Summary(); s.VFs != 1016 {
+		t.Errorf("%d VFs", s.VFs)
+	}
+}

@@ -513,7 +513,19 @@ type classRead struct {
 	links   map[string]string
 	escaped []error
 	err     error
+	// A class only byFunction reads is kept in its form, not as links: a
+	// 4,096-VF scan held 16k link targets (~2 MB) it never read again.
+	byFn map[string][]string
+	bad  []pathErr
 }
+
+type pathErr struct {
+	path string
+	err  error
+}
+
+// grouped are the classes the scan reads only through byFunction.
+var grouped = map[string]bool{"net": true, "infiniband_verbs": true, "infiniband_mad": true}
 
 // prefetch starts reading class/<class>/* links for each class.
 func (s *Scanner) prefetch(classes ...string) *classLinks {
@@ -524,6 +536,10 @@ func (s *Scanner) prefetch(classes ...string) *classLinks {
 		go func() {
 			defer close(r.done)
 			r.links, r.escaped, r.err = s.sys.ReadLinks("class/" + c)
+			if r.err == nil && grouped[c] {
+				r.byFn, r.bad = s.groupByFunction(c, r.links)
+				r.links = nil
+			}
 		}()
 	}
 	return cl
@@ -532,13 +548,20 @@ func (s *Scanner) prefetch(classes ...string) *classLinks {
 // get is ReadLinksOf(class/<class>, want): the prefetched links if cl has
 // them (every one: callers skip what they do not want).
 func (cl *classLinks) get(s *Scanner, class string, want func(name string) bool) (map[string]string, []error, error) {
-	if cl != nil {
-		if r := cl.m[class]; r != nil {
-			<-r.done
-			return r.links, r.escaped, r.err
-		}
+	if r := cl.read(class); r != nil && r.byFn == nil {
+		return r.links, r.escaped, r.err
 	}
 	return s.sys.ReadLinksOf("class/"+class, want)
+}
+
+// read waits for a class's prefetch; nil if there is none.
+func (cl *classLinks) read(class string) *classRead {
+	if cl == nil || cl.m[class] == nil {
+		return nil
+	}
+	r := cl.m[class]
+	<-r.done
+	return r
 }
 
 // wait lets every background read finish (a scan leaves none behind).
@@ -555,26 +578,48 @@ func (cl *classLinks) wait() {
 // lead below them (…/<BDF>/<class>/<name>; a virtual device's parent is
 // "virtual"), each function's names sorted.
 func (s *Scanner) byFunction(cl *classLinks, class string, w *warnings) (map[string][]string, error) {
-	links, escaped, err := cl.get(s, class, nil)
-	if err != nil {
-		return nil, err
+	out, bad, escaped := map[string][]string(nil), []pathErr(nil), []error(nil)
+	if r := cl.read(class); r != nil && r.byFn != nil {
+		out, bad, escaped = r.byFn, r.bad, r.escaped
+	} else {
+		links, esc, err := cl.get(s, class, nil)
+		if err != nil {
+			return nil, err
+		}
+		out, bad = s.groupByFunction(class, links)
+		escaped = esc
 	}
 	for _, e := range escaped {
 		w.add(pathOf(e), e)
 	}
+	for _, b := range bad {
+		w.add(b.path, b.err)
+	}
+	return out, nil
+}
+
+// groupByFunction is byFunction's map of a class's links, and the links
+// that lead elsewhere. Its keys are copies: a name's target (~100 bytes)
+// is not kept for the function's BDF in it.
+func (s *Scanner) groupByFunction(class string, links map[string]string) (map[string][]string, []pathErr) {
 	out := map[string][]string{}
+	var bad []pathErr
 	for name, t := range links {
 		if path.Base(path.Dir(t)) != class {
-			w.add(s.full("class/"+class+"/"+name), fmt.Errorf("unexpected location %s", t))
+			bad = append(bad, pathErr{s.full("class/" + class + "/" + name), fmt.Errorf("unexpected location %s", t)})
 			continue
 		}
 		fn := path.Base(path.Dir(path.Dir(t)))
-		out[fn] = append(out[fn], name)
+		if names, ok := out[fn]; ok {
+			out[fn] = append(names, name)
+		} else {
+			out[strings.Clone(fn)] = []string{name}
+		}
 	}
 	for _, names := range out {
 		slices.Sort(names)
 	}
-	return out, nil
+	return out, bad
 }
 
 // namesFromClass gives lean VFs their netdev and RDMA device names from
