@@ -107,8 +107,8 @@ func parseFlags(args []string, stderr io.Writer) (*flags, error) {
 	fs.StringVar(&f.dra, "dra", "auto", "the DRA driver railnet.io for pools with api: dra: auto (started when the config has such a pool; if it cannot start, the device plugin's pools still serve), on (it must start) or off; it needs API access (in-cluster, or --kubeconfig)")
 	fs.StringVar(&f.nodeName, "node-name", os.Getenv("NODE_NAME"), "this node's name (the DRA driver's ResourceSlices); default $NODE_NAME")
 	fs.StringVar(&f.kubeconfig, "kubeconfig", "", "kubeconfig for the DRA driver; empty: in-cluster (the pod's ServiceAccount)")
-	fs.StringVar(&f.draRegistrarDir, "dra-registrar-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory")
-	fs.StringVar(&f.draPluginDir, "dra-plugin-dir", "/var/lib/kubelet/plugins/railnet.io", "the DRA driver's socket directory")
+	fs.StringVar(&f.draRegistrarDir, "dra-registrar-dir", dra.DefaultRegistrarDir, "the kubelet's plugin registration directory")
+	fs.StringVar(&f.draPluginDir, "dra-plugin-dir", filepath.Join(dra.DefaultPluginsDir, dra.DriverName), "the DRA driver's socket directory")
 	fs.DurationVar(&f.draNetworkData, "dra-networkdata-interval", 2*time.Second, "how often attached DRA devices' networkData is written to their claims")
 	fs.BoolVar(&f.version, "version", false, "print the version and exit")
 	if err := fs.Parse(args); err != nil {
